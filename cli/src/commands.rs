@@ -1,0 +1,449 @@
+//! Command-line parsing (lexopt) and the commands themselves. Each command returns the text
+//! to print, or a `Failure` carrying its exit code.
+
+use crate::output::{self, Format};
+use crate::settings::{self, GlobalFlags, Settings};
+use crate::{spec, Failure, EXIT_AUTH};
+use lexopt::prelude::*;
+use nanoserde::SerJson;
+use pact_proto::client::Client;
+use pact_proto::config::{scope::Target, ConfigEntry, EntryType, Scope};
+use pact_proto::journal::{
+    AppendEntryRequest, AppendEntryResponse, GetNodeStateRequest, JournalStatus, JournalStatusRequest,
+    ListEntriesRequest,
+};
+use pact_proto::Method;
+use std::ffi::OsString;
+
+pub const USAGE: &str = "\
+pact - configuration and admin operations for diskless HPC clusters
+
+USAGE: pact [GLOBAL OPTIONS] <COMMAND> [ARGS]
+
+COMMANDS:
+  status [NODE]               journal status, or a node's recorded config state
+  log [-n N] [--scope S]      journal entries, newest first
+  commit -m MSG               record a commit on the current vCluster
+  rollback SEQ [-m MSG]       record a rollback to entry SEQ
+  apply SPEC.toml             record a vCluster overlay spec as a commit
+
+GLOBAL OPTIONS:
+  --endpoint HOST:PORT        journal address        [PACT_ENDPOINT]   (default localhost:9443)
+  --token TOKEN               bearer token           [PACT_TOKEN]
+  --ca-cert FILE              CA to trust            [PACT_TLS_CA]     (default /etc/pact/ca.crt)
+  --vcluster NAME             default vCluster       [PACT_VCLUSTER]   (default \"default\")
+  --output text|json          output format          [PACT_OUTPUT]
+  -h, --help                  help (also after any command)
+  -V, --version               version
+
+Settings also come from ~/.config/pact/cli.toml and, next to a `pact-journal --dev`,
+from ./.pact-dev/dev/cli.toml. Exit codes: 0 ok, 1 error, 2 auth, 3 policy, 4 conflict,
+5 journal unreachable/timeout, 6 not whitelisted, 10 rollback blocked.";
+
+const STATUS_HELP: &str = "\
+USAGE: pact status [NODE]
+
+Without NODE: this journal replica's role, term, leader, commit/applied index and entry
+count. With NODE: the node's recorded config state (COMMITTED, DRIFTED, ...).";
+
+const LOG_HELP: &str = "\
+USAGE: pact log [-n N] [--scope node:ID|vc:NAME|global] [--from SEQ] [--to SEQ] [--oldest-first]
+
+Journal entries, newest first, with their state deltas. -n defaults to 20 (max 10000).";
+
+const COMMIT_HELP: &str = "\
+USAGE: pact commit -m MSG [--ttl SECONDS] [--node NODE]
+
+Records a COMMIT entry on the current vCluster (or on NODE). --ttl: 900..=864000.";
+
+const ROLLBACK_HELP: &str = "\
+USAGE: pact rollback SEQ [-m MSG] [--node NODE]
+
+Records a ROLLBACK entry whose parent is SEQ on the current vCluster (or on NODE).
+(Agents act on it once the agent issue lands; today it is a journal record.)";
+
+const APPLY_HELP: &str = "\
+USAGE: pact apply SPEC.toml [--dry-run]
+
+Reads a vCluster overlay spec ([vcluster.NAME] sysctl, modules, mounts, files, services,
+network, packages, policy) and records one COMMIT per vCluster carrying the complete state
+delta and the declared spec. The whole file is checked before anything is sent.
+--dry-run: check and print the deltas, send nothing.";
+
+struct Parsed {
+    globals: GlobalFlags,
+    command: Option<String>,
+    positionals: Vec<String>,
+    opts: Vec<(&'static str, String)>,
+    flags: Vec<&'static str>,
+    help: bool,
+    version: bool,
+}
+
+/// Options that take a value: (long name, short name).
+const VALUE_OPTS: &[(&str, Option<char>)] = &[
+    ("endpoint", None),
+    ("token", None),
+    ("ca-cert", None),
+    ("vcluster", None),
+    ("output", None),
+    ("n", Some('n')),
+    ("scope", None),
+    ("from", None),
+    ("to", None),
+    ("message", Some('m')),
+    ("m", None),
+    ("ttl", None),
+    ("node", None),
+];
+const FLAG_OPTS: &[&str] = &["oldest-first", "dry-run"];
+
+fn parse(args: Vec<OsString>) -> Result<Parsed, Failure> {
+    let mut p = Parsed {
+        globals: GlobalFlags::default(),
+        command: None,
+        positionals: vec![],
+        opts: vec![],
+        flags: vec![],
+        help: false,
+        version: false,
+    };
+    let mut parser = lexopt::Parser::from_args(args);
+    let bad = |e: lexopt::Error| Failure::usage(format!("{e}\n\n{USAGE}"));
+    while let Some(arg) = parser.next().map_err(bad)? {
+        match arg {
+            Short('h') | Long("help") => p.help = true,
+            Short('V') | Long("version") => p.version = true,
+            Short(c) => {
+                let (name, _) = VALUE_OPTS
+                    .iter()
+                    .find(|(_, s)| *s == Some(c))
+                    .ok_or_else(|| Failure::usage(format!("unknown option -{c}")))?;
+                let v = parser.value().map_err(bad)?.string().map_err(bad)?;
+                p.opts.push((name, v));
+            }
+            Long(l) => {
+                if let Some(f) = FLAG_OPTS.iter().find(|f| **f == l) {
+                    p.flags.push(f);
+                    continue;
+                }
+                let (name, _) = VALUE_OPTS
+                    .iter()
+                    .find(|(n, _)| *n == l)
+                    .ok_or_else(|| Failure::usage(format!("unknown option --{l}")))?;
+                let v = parser.value().map_err(bad)?.string().map_err(bad)?;
+                match *name {
+                    "endpoint" => p.globals.endpoint = Some(v),
+                    "token" => p.globals.token = Some(v),
+                    "ca-cert" => p.globals.ca_cert = Some(v.into()),
+                    "vcluster" => p.globals.vcluster = Some(v),
+                    "output" => p.globals.output = Some(v),
+                    "m" => p.opts.push(("message", v)),
+                    other => p.opts.push((other, v)),
+                }
+            }
+            Value(v) => {
+                let v = v.string().map_err(bad)?;
+                if p.command.is_none() {
+                    p.command = Some(v);
+                } else {
+                    p.positionals.push(v);
+                }
+            }
+        }
+    }
+    Ok(p)
+}
+
+impl Parsed {
+    fn opt(&self, name: &str) -> Option<&str> {
+        self.opts.iter().rev().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.flags.contains(&name)
+    }
+
+    /// Refuses options the command does not take.
+    fn only(
+        &self,
+        cmd: &str,
+        allowed_opts: &[&str],
+        allowed_flags: &[&str],
+        max_positionals: usize,
+    ) -> Result<(), Failure> {
+        if let Some((n, _)) = self.opts.iter().find(|(n, _)| !allowed_opts.contains(n)) {
+            return Err(Failure::usage(format!("`pact {cmd}` takes no option --{n}; see `pact {cmd} --help`")));
+        }
+        if let Some(f) = self.flags.iter().find(|f| !allowed_flags.contains(f)) {
+            return Err(Failure::usage(format!("`pact {cmd}` takes no option --{f}; see `pact {cmd} --help`")));
+        }
+        if self.positionals.len() > max_positionals {
+            return Err(Failure::usage(format!(
+                "`pact {cmd}`: unexpected argument {:?}",
+                self.positionals[max_positionals]
+            )));
+        }
+        Ok(())
+    }
+}
+
+pub fn run(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Failure> {
+    let p = parse(args)?;
+    if p.version {
+        return Ok(format!("pact {}", pact_proto::VERSION));
+    }
+    let Some(cmd) = p.command.clone() else {
+        if p.help {
+            return Ok(USAGE.into());
+        }
+        return Err(Failure::usage(format!("no command given\n\n{USAGE}")));
+    };
+    let help = match cmd.as_str() {
+        "status" => STATUS_HELP,
+        "log" => LOG_HELP,
+        "commit" => COMMIT_HELP,
+        "rollback" => ROLLBACK_HELP,
+        "apply" => APPLY_HELP,
+        "help" => return Ok(USAGE.into()),
+        other => return Err(Failure::usage(format!("unknown command {other:?}\n\n{USAGE}"))),
+    };
+    if p.help {
+        return Ok(help.into());
+    }
+    let s = settings::resolve(&p.globals, env).map_err(Failure::usage)?;
+    match cmd.as_str() {
+        "status" => status(&p, &s),
+        "log" => log(&p, &s),
+        "commit" => commit(&p, &s),
+        "rollback" => rollback(&p, &s),
+        _ => apply(&p, &s),
+    }
+}
+
+fn connect(s: &Settings) -> Result<Client, Failure> {
+    let Some(token) = &s.token else {
+        return Err(Failure::new(
+            EXIT_AUTH,
+            "not authenticated: no token (pass --token, set PACT_TOKEN, put one in ~/.config/pact/token, or run next to a `pact-journal --dev`)",
+        ));
+    };
+    let tls = pact_proto::tls::client_config(&s.ca_cert)
+        .map_err(|e| Failure::usage(format!("{e} (pass --ca-cert or set PACT_TLS_CA)")))?;
+    Ok(Client::connect(&s.endpoint, tls, token, s.timeout)?)
+}
+
+fn scope_vc(s: &Settings, node: Option<&str>) -> Scope {
+    match node {
+        Some(n) => Scope { target: Some(Target::NodeId(n.into())) },
+        None => Scope { target: Some(Target::VclusterId(s.vcluster.clone())) },
+    }
+}
+
+fn parse_scope(text: &str) -> Result<Scope, Failure> {
+    let target = if text == "global" {
+        Target::Global(true)
+    } else if let Some(n) = text.strip_prefix("node:").filter(|n| !n.is_empty()) {
+        Target::NodeId(n.into())
+    } else if let Some(v) = text.strip_prefix("vc:").filter(|v| !v.is_empty()) {
+        Target::VclusterId(v.into())
+    } else {
+        return Err(Failure::usage(format!("--scope {text:?}: expected node:ID, vc:NAME or global")));
+    };
+    Ok(Scope { target: Some(target) })
+}
+
+fn parse_u64(name: &str, v: &str) -> Result<u64, Failure> {
+    v.parse().map_err(|_| Failure::usage(format!("{name} {v:?}: expected a non-negative integer")))
+}
+
+fn status(p: &Parsed, s: &Settings) -> Result<String, Failure> {
+    p.only("status", &[], &[], 1)?;
+    let mut c = connect(s)?;
+    match p.positionals.first() {
+        None => {
+            let st: JournalStatus = c.call(Method::JournalStatus, &JournalStatusRequest {})?;
+            let j = output::journal_status_json(&st);
+            Ok(match s.output {
+                Format::Json => j.serialize_json(),
+                Format::Text => format!(
+                    "Journal node {} ({}), term {}, leader {}\n  commit index {}, applied index {}\n  entries {}, last sequence {}\n  voters {:?}\n  version {}\n",
+                    j.node_id, j.role, j.term, j.leader_id, j.commit_index, j.applied_index, j.entries, j.last_sequence, j.voters, j.version
+                ),
+            })
+        }
+        Some(node) => {
+            let st: pact_proto::config::NodeConfigState =
+                c.call(Method::GetNodeState, &GetNodeStateRequest { node_id: node.clone() })?;
+            let j = output::NodeStateJson {
+                node_id: st.node_id.clone(),
+                state: output::config_state_text(st.state),
+                since_sequence: st.since_sequence,
+                updated_at: output::rfc3339(st.updated_at.as_ref()),
+                updated_by: st.updated_by.map(|i| i.principal).unwrap_or_default(),
+            };
+            Ok(match s.output {
+                Format::Json => j.serialize_json(),
+                Format::Text => format!(
+                    "Node: {}  State: {}  (since seq {}, {} by {})\n",
+                    j.node_id, j.state, j.since_sequence, j.updated_at, j.updated_by
+                ),
+            })
+        }
+    }
+}
+
+fn log(p: &Parsed, s: &Settings) -> Result<String, Failure> {
+    p.only("log", &["n", "scope", "from", "to"], &["oldest-first"], 0)?;
+    let limit = match p.opt("n") {
+        Some(v) => parse_u64("-n", v)?.clamp(1, 10_000) as u32,
+        None => 20,
+    };
+    let scope = p.opt("scope").map(parse_scope).transpose()?;
+    let req = ListEntriesRequest {
+        scope,
+        from_sequence: p.opt("from").map(|v| parse_u64("--from", v)).transpose()?,
+        to_sequence: p.opt("to").map(|v| parse_u64("--to", v)).transpose()?,
+        limit,
+        oldest_first: p.flag("oldest-first"),
+    };
+    let mut c = connect(s)?;
+    let entries: Vec<ConfigEntry> = c.call_stream(Method::ListEntries, &req)?;
+    Ok(match s.output {
+        Format::Json => entries.iter().map(output::entry_json).collect::<Vec<_>>().serialize_json(),
+        Format::Text => output::entries_text(&entries),
+    })
+}
+
+fn append(s: &Settings, entry: ConfigEntry) -> Result<String, Failure> {
+    let mut c = connect(s)?;
+    let scope = output::scope_text(entry.scope.as_ref());
+    let kind = output::entry_type_text(entry.entry_type);
+    let r: AppendEntryResponse = c.call(Method::AppendEntry, &AppendEntryRequest { entry: Some(entry) })?;
+    let j = output::AppendedJson {
+        sequence: r.sequence,
+        timestamp: output::rfc3339(r.timestamp.as_ref()),
+        scope,
+        entry_type: kind,
+    };
+    Ok(match s.output {
+        Format::Json => j.serialize_json(),
+        Format::Text => format!("{} recorded (seq:{}) on {}\n", j.entry_type, j.sequence, j.scope),
+    })
+}
+
+fn commit(p: &Parsed, s: &Settings) -> Result<String, Failure> {
+    p.only("commit", &["message", "ttl", "node"], &[], 0)?;
+    let msg = p.opt("message").ok_or_else(|| Failure::usage("`pact commit` needs -m MSG"))?;
+    if msg.trim().is_empty() {
+        return Err(Failure::usage("the commit message is empty"));
+    }
+    let ttl = p.opt("ttl").map(|v| parse_u64("--ttl", v)).transpose()?;
+    if let Some(t) = ttl {
+        if !(900..=864_000).contains(&t) {
+            return Err(Failure::usage(format!("--ttl {t}: expected 900..=864000 seconds")));
+        }
+    }
+    let entry = ConfigEntry {
+        entry_type: EntryType::Commit as i32,
+        scope: Some(scope_vc(s, p.opt("node"))),
+        policy_ref: msg.to_string(),
+        ttl_seconds: ttl.map(|t| t as u32),
+        ..Default::default()
+    };
+    append(s, entry)
+}
+
+fn rollback(p: &Parsed, s: &Settings) -> Result<String, Failure> {
+    p.only("rollback", &["message", "node"], &[], 1)?;
+    let seq =
+        p.positionals.first().ok_or_else(|| Failure::usage("`pact rollback` needs SEQ, the entry to roll back to"))?;
+    let seq = parse_u64("SEQ", seq)?;
+    let entry = ConfigEntry {
+        entry_type: EntryType::Rollback as i32,
+        scope: Some(scope_vc(s, p.opt("node"))),
+        parent: Some(seq),
+        policy_ref: p.opt("message").map(str::to_string).unwrap_or_else(|| format!("rollback to {seq}")),
+        ..Default::default()
+    };
+    append(s, entry)
+}
+
+fn apply(p: &Parsed, s: &Settings) -> Result<String, Failure> {
+    p.only("apply", &[], &["dry-run"], 1)?;
+    let path = p.positionals.first().ok_or_else(|| Failure::usage("`pact apply` needs SPEC.toml"))?;
+    let text = std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("{path}: {e}")))?;
+    let specs = spec::parse_spec(path, &text).map_err(|e| Failure::usage(e.to_string()))?;
+    if specs.is_empty() {
+        return Err(Failure::usage(format!("{path}: no [vcluster.NAME] section")));
+    }
+    let entries: Vec<ConfigEntry> = specs
+        .into_iter()
+        .map(|vc| ConfigEntry {
+            entry_type: EntryType::Commit as i32,
+            scope: Some(Scope { target: Some(Target::VclusterId(vc.vcluster_id.clone())) }),
+            state_delta: Some(spec::state_delta(&vc)),
+            policy_ref: format!("apply:{path}"),
+            declared: Some(vc),
+            ..Default::default()
+        })
+        .collect();
+    if p.flag("dry-run") {
+        return Ok(match s.output {
+            Format::Json => entries.iter().map(output::entry_json).collect::<Vec<_>>().serialize_json(),
+            Format::Text => format!("dry run: nothing sent\n{}", output::entries_text(&entries)),
+        });
+    }
+    let mut out = String::new();
+    let mut json = Vec::new();
+    for e in entries {
+        let one = append(s, e)?;
+        match s.output {
+            Format::Json => json.push(one),
+            Format::Text => out.push_str(&one),
+        }
+    }
+    Ok(match s.output {
+        Format::Json => format!("[{}]", json.join(",")),
+        Format::Text => out,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn globals_anywhere_and_options_per_command() {
+        let p = parse(args(&["--output", "json", "log", "-n", "5", "--scope", "vc:ml", "--endpoint", "h:1"])).unwrap();
+        assert_eq!(p.command.as_deref(), Some("log"));
+        assert_eq!(p.globals.output.as_deref(), Some("json"));
+        assert_eq!(p.globals.endpoint.as_deref(), Some("h:1"));
+        assert_eq!(p.opt("n"), Some("5"));
+        assert!(p.only("log", &["n", "scope"], &[], 0).is_ok());
+        assert!(p.only("commit", &["message"], &[], 0).is_err());
+        assert!(parse(args(&["log", "--bogus"])).is_err());
+    }
+
+    #[test]
+    fn scopes_parse() {
+        assert!(matches!(parse_scope("global").unwrap().target, Some(Target::Global(true))));
+        assert!(matches!(parse_scope("node:n1").unwrap().target, Some(Target::NodeId(n)) if n == "n1"));
+        assert!(parse_scope("node:").is_err());
+        assert!(parse_scope("cluster:x").is_err());
+    }
+
+    #[test]
+    fn help_and_version_need_no_journal() {
+        let env = |_: &str| None;
+        assert!(run(args(&["--version"]), &env).unwrap().starts_with("pact "));
+        for c in ["status", "log", "commit", "rollback", "apply"] {
+            assert!(run(args(&[c, "--help"]), &env).unwrap().contains("USAGE"));
+        }
+        assert_eq!(run(args(&["frobnicate"]), &env).unwrap_err().code, 1);
+    }
+}

@@ -1,0 +1,142 @@
+//! Byte layouts of everything the journal keeps in LMDB. This is the only module that knows
+//! them; change a layout here and nowhere else.
+//!
+//! One LMDB environment per data dir (`<data_dir>/journal.mdb/`), with these named databases:
+//!
+//! | database      | key                                         | value                                   |
+//! |---------------|---------------------------------------------|-----------------------------------------|
+//! | `raft_log`    | raft index, u64 big-endian (8 bytes)         | `eraftpb::Entry`, rust-protobuf bytes   |
+//! | `raft_meta`   | ASCII name: `hard_state`, `conf_state`, `first_index`, `bootstrapped` | protobuf bytes / u64 BE |
+//! | `state_meta`  | ASCII name: `applied_index`, `next_sequence`, `last_ts`, `partitions` | u64 BE (`last_ts`: i64 BE secs + u32 BE nanos) |
+//! | `entries`     | sequence, u64 big-endian                     | `pact.config.ConfigEntry`, prost bytes  |
+//! | `entry_scope` | scope tag (1 byte) + scope id + 0x00 + sequence u64 BE | empty                      |
+//! | `overlays`    | vCluster id, UTF-8                           | `pact.journal.OverlayRecord`, prost     |
+//! | `nodes.<p>`   | node id, UTF-8                               | `pact.config.NodeConfigState`, prost    |
+//!
+//! Big-endian integers make LMDB's lexicographic key order equal numeric order, so ranges
+//! and "newest first" are plain cursor walks. Per-node data is split over `partitions`
+//! databases (fixed when the data dir is created) by FNV-1a of the node id, so each core's
+//! shard can own a partition (DESIGN.md §4).
+//!
+//! Scope tags: `g` global, `v` vCluster, `n` node. Ids may not contain 0x00 (the RPC layer
+//! rejects them), which keeps the index unambiguous.
+
+use pact_proto::config::{scope::Target, Scope};
+
+pub const DB_RAFT_LOG: &str = "raft_log";
+pub const DB_RAFT_META: &str = "raft_meta";
+pub const DB_STATE_META: &str = "state_meta";
+pub const DB_ENTRIES: &str = "entries";
+pub const DB_ENTRY_SCOPE: &str = "entry_scope";
+pub const DB_OVERLAYS: &str = "overlays";
+
+pub const KEY_HARD_STATE: &[u8] = b"hard_state";
+pub const KEY_CONF_STATE: &[u8] = b"conf_state";
+pub const KEY_FIRST_INDEX: &[u8] = b"first_index";
+pub const KEY_BOOTSTRAPPED: &[u8] = b"bootstrapped";
+pub const KEY_APPLIED_INDEX: &[u8] = b"applied_index";
+pub const KEY_NEXT_SEQUENCE: &[u8] = b"next_sequence";
+pub const KEY_LAST_TS: &[u8] = b"last_ts";
+pub const KEY_PARTITIONS: &[u8] = b"partitions";
+
+pub fn node_db_name(partition: u32) -> String {
+    format!("nodes.{partition}")
+}
+
+pub fn u64_key(v: u64) -> [u8; 8] {
+    v.to_be_bytes()
+}
+
+pub fn read_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.try_into().ok()?))
+}
+
+pub fn encode_ts(secs: i64, nanos: u32) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..8].copy_from_slice(&secs.to_be_bytes());
+    b[8..].copy_from_slice(&nanos.to_be_bytes());
+    b
+}
+
+pub fn decode_ts(b: &[u8]) -> Option<(i64, u32)> {
+    if b.len() != 12 {
+        return None;
+    }
+    Some((i64::from_be_bytes(b[..8].try_into().ok()?), u32::from_be_bytes(b[8..].try_into().ok()?)))
+}
+
+/// FNV-1a: stable across builds and platforms (unlike std's hasher), so a node's partition
+/// never moves.
+pub fn partition_of(node_id: &str, partitions: u32) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node_id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % u64::from(partitions.max(1))) as u32
+}
+
+/// Prefix of every index key for one scope: tag + id + 0x00.
+pub fn scope_prefix(scope: &Scope) -> Option<Vec<u8>> {
+    let (tag, id): (u8, &str) = match scope.target.as_ref()? {
+        Target::Global(_) => (b'g', ""),
+        Target::VclusterId(v) => (b'v', v),
+        Target::NodeId(n) => (b'n', n),
+    };
+    let mut k = Vec::with_capacity(id.len() + 2);
+    k.push(tag);
+    k.extend_from_slice(id.as_bytes());
+    k.push(0);
+    Some(k)
+}
+
+pub fn scope_index_key(scope: &Scope, sequence: u64) -> Option<Vec<u8>> {
+    let mut k = scope_prefix(scope)?;
+    k.extend_from_slice(&u64_key(sequence));
+    Some(k)
+}
+
+/// The sequence at the end of an index key.
+pub fn sequence_of_index_key(k: &[u8]) -> Option<u64> {
+    if k.len() < 8 {
+        return None;
+    }
+    read_u64(&k[k.len() - 8..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_endian_keys_sort_numerically() {
+        let mut keys: Vec<[u8; 8]> = [5u64, 300, 1, 70000, 2].iter().map(|v| u64_key(*v)).collect();
+        keys.sort();
+        let back: Vec<u64> = keys.iter().map(|k| read_u64(k).unwrap()).collect();
+        assert_eq!(back, vec![1, 2, 5, 300, 70000]);
+    }
+
+    #[test]
+    fn scope_keys_are_prefix_free_between_ids() {
+        let a = Scope { target: Some(Target::NodeId("node1".into())) };
+        let b = Scope { target: Some(Target::NodeId("node10".into())) };
+        let ka = scope_index_key(&a, 7).unwrap();
+        assert!(ka.starts_with(&scope_prefix(&a).unwrap()));
+        assert!(!ka.starts_with(&scope_prefix(&b).unwrap()));
+        assert!(!scope_index_key(&b, 7).unwrap().starts_with(&scope_prefix(&a).unwrap()));
+        assert_eq!(sequence_of_index_key(&ka), Some(7));
+    }
+
+    #[test]
+    fn partitions_are_stable() {
+        assert_eq!(partition_of("node-0001", 4), partition_of("node-0001", 4));
+        assert!(partition_of("x", 3) < 3);
+        assert_eq!(partition_of("anything", 1), 0);
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        assert_eq!(decode_ts(&encode_ts(-5, 7)), Some((-5, 7)));
+        assert_eq!(decode_ts(&[1, 2]), None);
+    }
+}

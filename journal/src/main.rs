@@ -1,0 +1,331 @@
+//! pact-journal: the Raft-replicated configuration and audit journal.
+//!
+//! Exit codes (one table for this binary):
+//!
+//! | code | meaning                                                         |
+//! |------|-----------------------------------------------------------------|
+//! | 0    | clean shutdown, `--check` passed, `--help`, `--version`         |
+//! | 1    | runtime failure after start (store or raft error)               |
+//! | 2    | bad command line                                                |
+//! | 3    | bad configuration (file, environment or flags)                  |
+//! | 4    | data dir problem: locked, `--bootstrap` refused, store unreadable |
+//! | 5    | cannot bind a listening port                                    |
+
+mod codec;
+mod config;
+mod dev;
+mod http;
+mod log;
+mod pki;
+mod raft_driver;
+mod rpc;
+mod server;
+mod shard;
+mod shared;
+mod state;
+mod store;
+mod sys;
+
+use crate::shard::{Outcome, Proposal, ProposalTx, Shard};
+use crate::shared::Shared;
+use crate::store::Store;
+use glommio::channels::shared_channel;
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
+use pact_proto::auth::{HmacVerifier, DEFAULT_AUDIENCE};
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_CONFIG: u8 = 3;
+const EXIT_DATA_DIR: u8 = 4;
+const EXIT_BIND: u8 = 5;
+
+fn main() -> ExitCode {
+    let inv = match config::parse_args(std::env::args_os().skip(1)) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("pact-journal: {e}\n\n{}", config::USAGE);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let flags = match inv {
+        config::Invocation::Help => {
+            println!("{}", config::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        config::Invocation::Version => {
+            println!("pact-journal {}", pact_proto::VERSION);
+            return ExitCode::SUCCESS;
+        }
+        config::Invocation::Run(f) => f,
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    let cfg = match config::load(&flags, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pact-journal: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let level = std::env::var("PACT_LOG")
+        .ok()
+        .and_then(|l| log::Level::parse(&l))
+        .or_else(|| log::Level::parse(cfg.telemetry.log_level.as_str()))
+        .unwrap_or(log::Level::Info);
+    log::init(level, cfg.telemetry.log_format == config::LogFormat::Json);
+    if flags.check {
+        println!(
+            "{}: configuration OK",
+            cfg.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(no file)".into())
+        );
+        let metrics = cfg.metrics_listen.map(|a| a.to_string()).unwrap_or_else(|| "(disabled)".into());
+        println!(
+            "  node id {}, listen {}, data dir {}, metrics {metrics}",
+            cfg.node_id,
+            cfg.listen_addr,
+            cfg.data_dir.display()
+        );
+        for note in &cfg.not_yet_active {
+            println!("  configured, not yet active: {note}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    match run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            error!("{msg}");
+            eprintln!("pact-journal: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
+    for note in &cfg.not_yet_active {
+        warn!("configured, not yet active: {note}");
+    }
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| (EXIT_DATA_DIR, format!("{}: {e}", cfg.data_dir.display())))?;
+    let _lock = sys::lock_data_dir(&cfg.data_dir).map_err(|e| (EXIT_DATA_DIR, e))?;
+
+    // TLS material (made once, reused) and, with --dev, the development token secret.
+    let listen_host = cfg.listen_addr.ip().to_string();
+    let tls_files = pki::ensure_tls(&cfg.data_dir, &[pki::hostname(), listen_host]).map_err(|e| (EXIT_DATA_DIR, e))?;
+    let tls = pact_proto::tls::server_config(&tls_files.server_cert, &tls_files.server_key)
+        .map_err(|e| (EXIT_CONFIG, e.to_string()))?;
+    let issuer = cfg.policy.iam.oidc_issuer.clone();
+    let audience = cfg.policy.iam.oidc_audience.clone();
+    let mut secret = cfg.policy.iam.hmac_secret.clone().map(String::into_bytes);
+    if cfg.dev {
+        let endpoint = match cfg.listen_addr.ip().is_unspecified() {
+            true => format!("127.0.0.1:{}", cfg.listen_addr.port()),
+            false => cfg.listen_addr.to_string(),
+        };
+        let dev = dev::ensure_dev(&cfg.data_dir, &tls_files.ca_cert, &endpoint, issuer.as_deref(), audience.as_deref())
+            .map_err(|e| (EXIT_DATA_DIR, e))?;
+        if secret.is_none() {
+            secret = Some(dev.secret.clone());
+        }
+        eprintln!("======================================================================");
+        eprintln!(" pact-journal --dev: DEVELOPMENT MODE. NOT FOR PRODUCTION.");
+        eprintln!(" Made (or reused) in {}:", dev.dir.display());
+        eprintln!("   hmac.secret  token signing secret (anyone who reads it can mint admin tokens)");
+        eprintln!("   admin.token  a pact-platform-admin token for `{}`, valid 30 days", dev::DEV_ADMIN);
+        eprintln!("   ca.crt       the journal's CA certificate");
+        eprintln!("   cli.toml     endpoint/token/CA for the `pact` CLI (found from this directory)");
+        eprintln!(" TLS: {} (CA {})", tls_files.server_cert.display(), tls_files.ca_cert.display());
+        eprintln!("======================================================================");
+    }
+    let issuer = issuer.unwrap_or_else(|| if cfg.dev { pact_proto::auth::DEV_ISSUER.into() } else { String::new() });
+    let audience = audience.unwrap_or_else(|| DEFAULT_AUDIENCE.into());
+    let verifier = match &secret {
+        Some(s) if !issuer.is_empty() => Some(HmacVerifier::new(s, &issuer, &audience)),
+        Some(_) => {
+            return Err((
+                EXIT_CONFIG,
+                "an HMAC secret is configured but no issuer: set [policy.iam] oidc_issuer or PACT_OIDC_ISSUER".into(),
+            ));
+        }
+        None => {
+            warn!("no token key source configured (PACT_OIDC_HMAC_SECRET / [policy.iam] hmac_secret / --dev): every request will be refused");
+            None
+        }
+    };
+
+    let store = Store::open(&cfg.data_dir, cfg.cores as u32).map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
+    let bootstrapped = store.is_bootstrapped().map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
+    let voters: Vec<u64> =
+        if cfg.members.is_empty() { vec![cfg.node_id] } else { cfg.members.iter().map(|m| m.id).collect() };
+    if bootstrapped {
+        if cfg.bootstrap {
+            return Err((
+                EXIT_DATA_DIR,
+                format!(
+                    "--bootstrap refused: {} already holds a journal; restart without --bootstrap (it never creates a second cluster)",
+                    cfg.data_dir.display()
+                ),
+            ));
+        }
+    } else if cfg.bootstrap || cfg.dev || voters == [cfg.node_id] {
+        // A one-voter membership is created implicitly (there is nobody else to agree with);
+        // a multi-voter one only with --bootstrap, on exactly one node.
+        store.bootstrap(&voters).map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
+        info!("bootstrapped a new journal with voters {voters:?}");
+    } else {
+        info!("data dir is empty and --bootstrap was not given: waiting to join through the replicated membership");
+    }
+
+    sys::block_shutdown_signals();
+    let shared = Arc::new(Shared::new(cfg.node_id));
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                let sig = sys::wait_for_signal();
+                info!("signal {sig}: shutting down");
+                shared.shutdown.store(true, Ordering::Relaxed);
+            })
+            .map_err(|e| (EXIT_RUNTIME, e.to_string()))?;
+    }
+
+    let cores = cfg.cores.max(1);
+    let online = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut prop_tx = Vec::new();
+    let mut prop_rx = Vec::new();
+    let mut res_tx = Vec::new();
+    let mut res_rx = Vec::new();
+    for _ in 1..cores {
+        let (t, r) = shared_channel::new_bounded::<Proposal>(shard::PROPOSAL_QUEUE);
+        prop_tx.push(Some(t));
+        prop_rx.push(r);
+        let (t, r) = shared_channel::new_bounded::<(u64, Outcome)>(shard::RESULT_QUEUE);
+        res_tx.push(t);
+        res_rx.push(Some(r));
+    }
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<u32, (u8, String)>>();
+    let mut handles = Vec::new();
+    let mut raft_side = Some((prop_rx, res_tx));
+    for id in 0..cores as u32 {
+        let placement = if (id as usize) < online { Placement::Fixed(id as usize) } else { Placement::Unbound };
+        let (store, shared, verifier, tls, ready) =
+            (store.clone(), shared.clone(), verifier.clone(), tls.clone(), ready_tx.clone());
+        let listen = cfg.listen_addr;
+        let metrics_listen = if id == 0 { cfg.metrics_listen } else { None };
+        let raft_parts = if id == 0 { raft_side.take() } else { None };
+        let to_raft = if id == 0 { None } else { prop_tx[id as usize - 1].take() };
+        let from_raft = if id == 0 { None } else { res_rx[id as usize - 1].take() };
+        let h = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{id}"))
+            // The raft shard's LMDB commits and fsyncs run here, off the reactor and unpinned.
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
+            .spawn(move || async move {
+                let listener = match server::bind(listen) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready.send(Err((EXIT_BIND, format!("cannot listen on {listen}: {e}"))));
+                        return;
+                    }
+                };
+                if let Some((prop_rx, res_tx)) = raft_parts {
+                    let (local_tx, inbox) = glommio::channels::local_channel::new_bounded(shard::PROPOSAL_QUEUE);
+                    let local_tx = Rc::new(local_tx);
+                    let me = Rc::new(Shard::new(
+                        0,
+                        store.clone(),
+                        shared.clone(),
+                        verifier,
+                        ProposalTx::Local(local_tx.clone()),
+                    ));
+                    // Forward every other shard's proposals into the driver's inbox.
+                    for rx in prop_rx {
+                        let fwd = local_tx.clone();
+                        glommio::spawn_local(async move {
+                            let rx = rx.connect().await;
+                            while let Some(p) = rx.recv().await {
+                                if fwd.send(p).await.is_err() {
+                                    break;
+                                }
+                            }
+                        })
+                        .detach();
+                    }
+                    let mut results = Vec::new();
+                    for tx in res_tx {
+                        results.push(tx.connect().await);
+                    }
+                    let driver = match raft_driver::Driver::new(store, shared.clone(), me.clone(), results) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            let _ = ready.send(Err((EXIT_DATA_DIR, e)));
+                            return;
+                        }
+                    };
+                    if let Some(addr) = metrics_listen {
+                        match server::bind(addr) {
+                            Ok(l) => {
+                                glommio::spawn_local(http::serve(me.clone(), l)).detach();
+                            }
+                            Err(e) => {
+                                let _ = ready.send(Err((EXIT_BIND, format!("cannot listen on {addr} (metrics): {e}"))));
+                                return;
+                            }
+                        }
+                    }
+                    let serving = glommio::spawn_local(server::serve(me.clone(), listener, tls));
+                    let _ = ready.send(Ok(0));
+                    driver.run(inbox).await;
+                    serving.await;
+                } else {
+                    let to_raft = to_raft.expect("shard has a proposal channel").connect().await;
+                    let me = Rc::new(Shard::new(id, store, shared, verifier, ProposalTx::Remote(to_raft)));
+                    let from_raft = from_raft.expect("shard has a result channel").connect().await;
+                    let me2 = me.clone();
+                    glommio::spawn_local(async move {
+                        while let Some((pid, outcome)) = from_raft.recv().await {
+                            me2.deliver(pid, outcome);
+                        }
+                    })
+                    .detach();
+                    let _ = ready.send(Ok(id));
+                    server::serve(me, listener, tls).await;
+                }
+            })
+            .map_err(|e| (EXIT_RUNTIME, format!("starting shard {id}: {e}")))?;
+        handles.push(h);
+    }
+    drop(ready_tx);
+    for _ in 0..cores {
+        match ready_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                shared.shutdown.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+            Err(_) => {
+                shared.shutdown.store(true, Ordering::Relaxed);
+                return Err((EXIT_RUNTIME, "shards did not start within 30s".into()));
+            }
+        }
+    }
+    info!(
+        "pact-journal {} node {} serving on {} ({} shard(s)), metrics on {}, data in {}",
+        pact_proto::VERSION,
+        cfg.node_id,
+        cfg.listen_addr,
+        cores,
+        cfg.metrics_listen.map(|a| a.to_string()).unwrap_or_else(|| "(disabled)".into()),
+        cfg.data_dir.display()
+    );
+    for h in handles {
+        let _ = h.join();
+    }
+    if shared.role.load(Ordering::Relaxed) != shared::ROLE_SHUTDOWN {
+        return Err((EXIT_RUNTIME, "the raft driver stopped unexpectedly".into()));
+    }
+    info!("stopped cleanly");
+    Ok(())
+}

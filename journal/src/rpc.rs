@@ -1,0 +1,183 @@
+//! The config/log service: one function per method. Every request is authenticated first;
+//! reads are served from this replica's store, writes go through raft.
+
+use crate::shard::ShardRef;
+use crate::shared::Shared;
+use crate::state;
+use pact_proto::auth::Caller;
+use pact_proto::config::{ConfigEntry, Identity, PrincipalType};
+use pact_proto::journal::{
+    apply_result, command, AppendEntryRequest, GetEntryRequest, GetNodeStateRequest, GetOverlayRequest, JournalStatus,
+    ListEntriesRequest, MemberStatus, SetNodeStateRequest,
+};
+use pact_proto::wire::Request;
+use pact_proto::{ErrorCode, Method, RemoteError};
+use prost::Message;
+use std::sync::atomic::Ordering;
+
+/// ListEntries returns at most this many entries per call.
+pub const MAX_LIST_LIMIT: u32 = 10_000;
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+
+pub enum Reply {
+    One(Vec<u8>),
+    Stream(Vec<Vec<u8>>),
+}
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> RemoteError {
+    RemoteError::new(code, msg)
+}
+
+fn decode<M: Message + Default>(method: Method, body: &[u8]) -> Result<M, RemoteError> {
+    M::decode(body)
+        .map_err(|e| err(ErrorCode::InvalidArgument, format!("{} request does not decode: {e}", method.name())))
+}
+
+fn internal(e: impl std::fmt::Display) -> RemoteError {
+    err(ErrorCode::Internal, e.to_string())
+}
+
+pub fn authenticate(shard: &ShardRef, token: &str) -> Result<Caller, RemoteError> {
+    let Some(v) = &shard.verifier else {
+        return Err(err(
+            ErrorCode::Unauthenticated,
+            "this journal has no token key source configured (set PACT_OIDC_HMAC_SECRET or [policy.iam] hmac_secret, or start with --dev)",
+        ));
+    };
+    v.verify(token).map_err(|e| err(ErrorCode::Unauthenticated, e.to_string()))
+}
+
+fn identity_of(c: &Caller) -> Identity {
+    let principal_type = match c.principal_type.to_ascii_lowercase().as_str() {
+        "agent" => PrincipalType::Agent,
+        "service" => PrincipalType::Service,
+        _ => PrincipalType::Human,
+    };
+    Identity { principal: c.principal.clone(), principal_type: principal_type as i32, role: c.role.clone() }
+}
+
+pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<Reply, RemoteError> {
+    let caller = authenticate(shard, &req.bearer_token)?;
+    let body = &req.body[..];
+    match method {
+        Method::AppendEntry => {
+            let r: AppendEntryRequest = decode(method, body)?;
+            let mut entry: ConfigEntry = r.entry.ok_or_else(|| err(ErrorCode::InvalidArgument, "entry is missing"))?;
+            // The author is whoever the verified token says; the body cannot claim otherwise.
+            entry.author = Some(identity_of(&caller));
+            entry.sequence = 0;
+            entry.timestamp = None;
+            state::validate_entry(&entry).map_err(|m| err(ErrorCode::InvalidArgument, m))?;
+            if let Some(p) = entry.parent {
+                let next = next_sequence(shard)?;
+                if p == 0 || p >= next {
+                    return Err(err(
+                        ErrorCode::FailedPrecondition,
+                        format!("parent {p} is not an earlier entry (the next sequence is {next})"),
+                    ));
+                }
+            }
+            let result = shard.propose(command::Op::AppendEntry(entry)).await?;
+            match result.result {
+                Some(apply_result::Result::Appended(a)) => {
+                    shard.shared.last_sequence.fetch_max(a.sequence, Ordering::Relaxed);
+                    Ok(Reply::One(a.encode_to_vec()))
+                }
+                Some(apply_result::Result::Rejected(m)) => Err(err(ErrorCode::FailedPrecondition, m)),
+                other => Err(internal(format!("unexpected apply result {other:?}"))),
+            }
+        }
+        Method::GetEntry => {
+            let r: GetEntryRequest = decode(method, body)?;
+            let txn = shard.store.read_txn().map_err(internal)?;
+            match shard.store.get_entry(&txn, r.sequence).map_err(internal)? {
+                Some(e) => Ok(Reply::One(e.encode_to_vec())),
+                None => Err(err(ErrorCode::NotFound, format!("no entry with sequence {}", r.sequence))),
+            }
+        }
+        Method::ListEntries => {
+            let r: ListEntriesRequest = decode(method, body)?;
+            let limit = match r.limit {
+                0 => DEFAULT_LIST_LIMIT,
+                n => n.min(MAX_LIST_LIMIT),
+            } as usize;
+            let scope = r.scope.as_ref().filter(|s| s.target.is_some());
+            let txn = shard.store.read_txn().map_err(internal)?;
+            let entries = shard
+                .store
+                .list_entries(
+                    &txn,
+                    scope,
+                    r.from_sequence.unwrap_or(1),
+                    r.to_sequence.unwrap_or(u64::MAX),
+                    limit,
+                    r.oldest_first,
+                )
+                .map_err(internal)?;
+            Ok(Reply::Stream(entries.iter().map(|e| e.encode_to_vec()).collect()))
+        }
+        Method::GetNodeState => {
+            let r: GetNodeStateRequest = decode(method, body)?;
+            state::validate_id(&r.node_id, "node id").map_err(|m| err(ErrorCode::InvalidArgument, m))?;
+            let txn = shard.store.read_txn().map_err(internal)?;
+            match shard.store.get_node_state(&txn, &r.node_id).map_err(internal)? {
+                Some(s) => Ok(Reply::One(s.encode_to_vec())),
+                None => Err(err(ErrorCode::NotFound, format!("no config state recorded for node {}", r.node_id))),
+            }
+        }
+        Method::SetNodeState => {
+            let mut r: SetNodeStateRequest = decode(method, body)?;
+            state::validate_id(&r.node_id, "node id").map_err(|m| err(ErrorCode::InvalidArgument, m))?;
+            r.author = Some(identity_of(&caller));
+            let result = shard.propose(command::Op::SetNodeState(r)).await?;
+            match result.result {
+                Some(apply_result::Result::NodeStateSet(s)) => Ok(Reply::One(s.encode_to_vec())),
+                Some(apply_result::Result::Rejected(m)) => Err(err(ErrorCode::InvalidArgument, m)),
+                other => Err(internal(format!("unexpected apply result {other:?}"))),
+            }
+        }
+        Method::GetOverlay => {
+            let r: GetOverlayRequest = decode(method, body)?;
+            state::validate_id(&r.vcluster_id, "vcluster id").map_err(|m| err(ErrorCode::InvalidArgument, m))?;
+            let txn = shard.store.read_txn().map_err(internal)?;
+            match shard.store.get_overlay(&txn, &r.vcluster_id).map_err(internal)? {
+                Some(o) => Ok(Reply::One(o.encode_to_vec())),
+                None => Err(err(ErrorCode::NotFound, format!("no overlay recorded for vCluster {}", r.vcluster_id))),
+            }
+        }
+        Method::JournalStatus => Ok(Reply::One(status(shard)?.encode_to_vec())),
+        other => Err(err(ErrorCode::Unimplemented, format!("{} is not served by this journal yet", other.name()))),
+    }
+}
+
+fn next_sequence(shard: &ShardRef) -> Result<u64, RemoteError> {
+    let txn = shard.store.read_txn().map_err(internal)?;
+    shard.store.next_sequence(&txn).map_err(internal)
+}
+
+pub fn status(shard: &ShardRef) -> Result<JournalStatus, RemoteError> {
+    let s: &Shared = &shard.shared;
+    let txn = shard.store.read_txn().map_err(internal)?;
+    let entries = shard.store.entry_count(&txn).map_err(internal)?;
+    let last_sequence = shard.store.next_sequence(&txn).map_err(internal)? - 1;
+    let members = shard
+        .store
+        .conf_state()
+        .map_err(internal)?
+        .voters
+        .iter()
+        .map(|id| MemberStatus { id: *id, role: "voter".into(), address: String::new() })
+        .collect();
+    Ok(JournalStatus {
+        node_id: s.node_id,
+        role: s.role_name().into(),
+        term: s.term.load(Ordering::Relaxed),
+        leader_id: s.leader_id.load(Ordering::Relaxed),
+        commit_index: s.commit_index.load(Ordering::Relaxed),
+        applied_index: s.applied_index.load(Ordering::Relaxed),
+        last_sequence,
+        entries,
+        members,
+        version: pact_proto::VERSION.into(),
+    })
+}

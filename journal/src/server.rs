@@ -1,0 +1,218 @@
+//! The client port (9443): each shard binds its own SO_REUSEPORT listener and serves the
+//! connections the kernel hands it, start to finish. A connection is TLS, then the pact
+//! handshake, then request frames answered in order.
+//!
+//! Protocol violations (bytes that are not a frame, an oversized frame, a frame that is not
+//! a request, an unknown method, a body that is not a `Request`) get one Error frame and the
+//! connection is closed; the shard keeps serving everyone else. Application errors (bad
+//! token, validation) get an Error frame and the connection stays open.
+
+use crate::rpc::{self, Reply};
+use crate::shard::ShardRef;
+use crate::shared::Shared;
+use crate::{debug, info, warn};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_rustls::TlsAcceptor;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::GlommioError;
+use pact_proto::frame::{
+    self, decode_header, Frame, FrameKind, HelloOutcome, HANDSHAKE_LEN, HEADER_LEN, MAX_FRAME_BODY,
+};
+use pact_proto::{ErrorCode, Method, RemoteError};
+use prost::Message as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Connections one shard serves at once; past this, new ones are closed at accept.
+pub const MAX_CONNECTIONS_PER_SHARD: u64 = 32_768;
+/// TLS plus pact handshake must finish within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection with no complete request for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often the accept loop looks at the shutdown flag.
+const ACCEPT_POLL: Duration = Duration::from_millis(200);
+
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+pub async fn serve(shard: ShardRef, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+    let acceptor = TlsAcceptor::from(tls);
+    let open = Rc::new(std::cell::Cell::new(0u64));
+    loop {
+        if shard.shared.is_shutting_down() {
+            break;
+        }
+        let stream = match glommio::timer::timeout(ACCEPT_POLL, listener.accept()).await {
+            Ok(s) => s,
+            Err(GlommioError::TimedOut(_)) => continue,
+            Err(e) => {
+                warn!("accept: {e}");
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        if open.get() >= MAX_CONNECTIONS_PER_SHARD {
+            Shared::inc(&shard.shared.connections_refused_total);
+            drop(stream);
+            continue;
+        }
+        open.set(open.get() + 1);
+        Shared::inc(&shard.shared.connections_total);
+        shard.shared.connections_open.fetch_add(1, Ordering::Relaxed);
+        let (shard2, acceptor2, open2) = (shard.clone(), acceptor.clone(), open.clone());
+        glommio::spawn_local(async move {
+            let peer = stream.peer_addr().ok();
+            if let Err(e) = connection(&shard2, &acceptor2, stream).await {
+                debug!("connection {peer:?}: {e}");
+            }
+            open2.set(open2.get() - 1);
+            shard2.shared.connections_open.fetch_sub(1, Ordering::Relaxed);
+        })
+        .detach();
+    }
+    info!("shard {} stopped accepting", shard.id);
+}
+
+async fn connection(shard: &ShardRef, acceptor: &TlsAcceptor, stream: TcpStream) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    stream.set_read_timeout(Some(IDLE_TIMEOUT)).map_err(|e| e.to_string())?;
+    let mut tls =
+        glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { acceptor.accept(stream).await.map_err(GlommioError::from) })
+            .await
+            .map_err(|e| format!("TLS handshake: {e}"))?;
+    let mut hello = [0u8; HANDSHAKE_LEN];
+    tls.read_exact(&mut hello).await.map_err(|e| format!("handshake: {e}"))?;
+    let (outcome, answer) = match frame::server_answer(&hello) {
+        Ok(x) => x,
+        Err(e) => {
+            Shared::inc(&shard.shared.protocol_errors_total);
+            return Err(format!("handshake: {e}"));
+        }
+    };
+    tls.write_all(&answer).await.map_err(|e| e.to_string())?;
+    tls.flush().await.map_err(|e| e.to_string())?;
+    if let HelloOutcome::NoCommonVersion { client_max, client_min } = outcome {
+        return Err(format!("client speaks versions {client_min}..={client_max}; closed"));
+    }
+    serve_frames(shard, &mut tls).await
+}
+
+async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(shard: &ShardRef, io: &mut S) -> Result<(), String> {
+    let mut out = Vec::with_capacity(16 * 1024);
+    loop {
+        let mut hb = [0u8; HEADER_LEN];
+        match read_full(io, &mut hb).await {
+            Ok(0) => return Ok(()),
+            Ok(n) if n < HEADER_LEN => return Err("truncated frame header".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        let header = match decode_header(&hb, MAX_FRAME_BODY) {
+            Ok(h) => h,
+            Err(e) => {
+                let code = if matches!(e, frame::DecodeError::TooLarge { .. }) {
+                    ErrorCode::FrameTooLarge
+                } else {
+                    ErrorCode::MalformedFrame
+                };
+                return fatal(shard, io, 0, 0, RemoteError::new(code, e.to_string())).await;
+            }
+        };
+        let mut body = vec![0u8; header.body_len as usize];
+        io.read_exact(&mut body).await.map_err(|e| format!("truncated frame body: {e}"))?;
+        if header.kind != FrameKind::Request {
+            let msg = format!("expected a request frame, got {:?}", header.kind);
+            return fatal(
+                shard,
+                io,
+                header.method,
+                header.request_id,
+                RemoteError::new(ErrorCode::MalformedFrame, msg),
+            )
+            .await;
+        }
+        let Some(method) = Method::from_u16(header.method) else {
+            let msg = format!("unknown method id {}", header.method);
+            return fatal(shard, io, header.method, header.request_id, RemoteError::new(ErrorCode::UnknownMethod, msg))
+                .await;
+        };
+        let request = match pact_proto::wire::Request::decode(&body[..]) {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = format!("request body is not a pact.wire.Request: {e}");
+                return fatal(
+                    shard,
+                    io,
+                    header.method,
+                    header.request_id,
+                    RemoteError::new(ErrorCode::MalformedFrame, msg),
+                )
+                .await;
+            }
+        };
+        Shared::inc(&shard.shared.requests_total);
+        out.clear();
+        let (m, id) = (header.method, header.request_id);
+        match rpc::handle(shard, method, &request).await {
+            Ok(Reply::One(bytes)) => push(&mut out, Frame::new(FrameKind::Response, m, id, bytes))?,
+            Ok(Reply::Stream(items)) => {
+                for item in items {
+                    push(&mut out, Frame::new(FrameKind::StreamItem, m, id, item))?;
+                    if out.len() >= 64 * 1024 {
+                        io.write_all(&out).await.map_err(|e| e.to_string())?;
+                        out.clear();
+                    }
+                }
+                push(&mut out, Frame::new(FrameKind::EndOfStream, m, id, Vec::new()))?;
+            }
+            Err(e) => {
+                Shared::inc(&shard.shared.request_errors_total);
+                if e.code == ErrorCode::Unauthenticated || e.code == ErrorCode::PermissionDenied {
+                    Shared::inc(&shard.shared.auth_failures_total);
+                }
+                push(&mut out, Frame::new(FrameKind::Error, m, id, e.to_body().encode_to_vec()))?;
+            }
+        }
+        io.write_all(&out).await.map_err(|e| e.to_string())?;
+        io.flush().await.map_err(|e| e.to_string())?;
+    }
+}
+
+fn push(out: &mut Vec<u8>, f: Frame) -> Result<(), String> {
+    f.encode_into(out).map_err(|e| format!("response frame: {e}"))
+}
+
+/// Sends one Error frame and ends the connection.
+async fn fatal<S: AsyncWrite + Unpin>(
+    shard: &ShardRef,
+    io: &mut S,
+    method: u16,
+    id: u32,
+    e: RemoteError,
+) -> Result<(), String> {
+    Shared::inc(&shard.shared.protocol_errors_total);
+    let f = Frame::new(FrameKind::Error, method, id, e.to_body().encode_to_vec());
+    if let Ok(bytes) = f.encode() {
+        let _ = io.write_all(&bytes).await;
+        let _ = io.flush().await;
+    }
+    let _ = io.close().await;
+    Err(e.to_string())
+}
+
+/// Reads until `buf` is full or EOF; returns the bytes read (0 = clean EOF before a frame).
+async fn read_full<S: AsyncRead + Unpin>(io: &mut S, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = io.read(&mut buf[got..]).await?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got)
+}

@@ -1,0 +1,61 @@
+//! State shared by every shard thread: metrics counters, the raft status snapshot the raft
+//! shard publishes, and the shutdown flag. Everything here is atomics: no locks on the hot path.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+
+#[derive(Default)]
+pub struct Shared {
+    pub node_id: u64,
+    pub shutdown: AtomicBool,
+    // raft status, published by the raft shard after each Ready round
+    pub role: AtomicU8,
+    pub term: AtomicU64,
+    pub leader_id: AtomicU64,
+    pub commit_index: AtomicU64,
+    pub applied_index: AtomicU64,
+    pub last_index: AtomicU64,
+    pub last_sequence: AtomicU64,
+    // counters
+    pub proposals_total: AtomicU64,
+    pub proposals_failed_total: AtomicU64,
+    pub elections_total: AtomicU64,
+    pub peer_errors_total: AtomicU64,
+    pub requests_total: AtomicU64,
+    pub request_errors_total: AtomicU64,
+    pub auth_failures_total: AtomicU64,
+    pub protocol_errors_total: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub connections_refused_total: AtomicU64,
+    pub ready_rounds_total: AtomicU64,
+}
+
+pub const ROLE_FOLLOWER: u8 = 0;
+pub const ROLE_CANDIDATE: u8 = 1;
+pub const ROLE_LEADER: u8 = 2;
+pub const ROLE_PRE_CANDIDATE: u8 = 3;
+pub const ROLE_SHUTDOWN: u8 = 4;
+
+impl Shared {
+    pub fn new(node_id: u64) -> Shared {
+        Shared { node_id, ..Default::default() }
+    }
+
+    pub fn role_name(&self) -> &'static str {
+        match self.role.load(Ordering::Relaxed) {
+            ROLE_LEADER => "leader",
+            ROLE_CANDIDATE => "candidate",
+            ROLE_PRE_CANDIDATE => "pre-candidate",
+            ROLE_SHUTDOWN => "shutdown",
+            _ => "follower",
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}

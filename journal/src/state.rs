@@ -1,0 +1,262 @@
+//! The state machine: applying committed commands to the store. Deterministic and
+//! idempotent by raft index: every replica applies the same commands in the same order and
+//! gets the same state, and an index at or below `applied_index` is skipped, so replaying
+//! the log after a crash changes nothing.
+
+use crate::codec::{encode_ts, u64_key, KEY_APPLIED_INDEX, KEY_LAST_TS, KEY_NEXT_SEQUENCE};
+use crate::store::{Result, Store};
+use heed::RwTxn;
+use pact_proto::config::{ConfigEntry, ConfigState, EntryType, NodeConfigState, Timestamp};
+use pact_proto::journal::{
+    apply_result, command, AppendEntryResponse, ApplyResult, Command, OverlayRecord, SetNodeStateResponse,
+};
+use prost::Message as _;
+
+pub const TTL_MIN_SECS: u32 = 900;
+pub const TTL_MAX_SECS: u32 = 864_000;
+/// Longest id (node, vCluster) the journal stores.
+pub const MAX_ID_LEN: usize = 253;
+
+/// Checks an entry as far as it can be checked without the journal's state. Run by the RPC
+/// layer before proposing (a clear error, nothing sent to raft) and again at apply.
+pub fn validate_entry(e: &ConfigEntry) -> std::result::Result<(), String> {
+    match EntryType::try_from(e.entry_type) {
+        Ok(EntryType::Unspecified) | Err(_) => {
+            return Err(format!("entry_type {} is not a known entry type", e.entry_type))
+        }
+        Ok(_) => {}
+    }
+    let author = e.author.as_ref().ok_or("author is missing")?;
+    if author.principal.trim().is_empty() {
+        return Err("author principal is empty".into());
+    }
+    if author.role.trim().is_empty() {
+        return Err("author role is empty".into());
+    }
+    let scope = e.scope.as_ref().and_then(|s| s.target.as_ref()).ok_or("scope is missing")?;
+    use pact_proto::config::scope::Target;
+    match scope {
+        Target::NodeId(id) | Target::VclusterId(id) => validate_id(id, "scope id")?,
+        Target::Global(_) => {}
+    }
+    if let Some(ttl) = e.ttl_seconds {
+        if ttl != 0 && !(TTL_MIN_SECS..=TTL_MAX_SECS).contains(&ttl) {
+            return Err(format!("ttl_seconds {ttl} is outside {TTL_MIN_SECS}..={TTL_MAX_SECS}"));
+        }
+    }
+    if e.entry_type == EntryType::Rollback as i32 && e.parent.is_none() {
+        return Err("a rollback needs a parent (the sequence to roll back to)".into());
+    }
+    Ok(())
+}
+
+pub fn validate_id(id: &str, what: &str) -> std::result::Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(format!("{what} is longer than {MAX_ID_LEN} bytes"));
+    }
+    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!("{what} {id:?} contains whitespace or control characters"));
+    }
+    Ok(())
+}
+
+fn rejected(reason: String) -> ApplyResult {
+    ApplyResult { result: Some(apply_result::Result::Rejected(reason)) }
+}
+
+/// Applies one committed raft entry's command inside `w`. Returns None when the index was
+/// already applied. The caller commits `w`.
+pub fn apply(store: &Store, w: &mut RwTxn, index: u64, cmd: Option<&Command>) -> Result<Option<ApplyResult>> {
+    let applied = store.meta_u64(w, KEY_APPLIED_INDEX)?;
+    if index <= applied {
+        return Ok(None);
+    }
+    assert_eq!(index, applied + 1, "apply out of order: index {index} after applied {applied}");
+    let result = match cmd {
+        // Empty entries (a new leader's no-op) only move the applied index.
+        None => ApplyResult { result: None },
+        Some(cmd) => apply_command(store, w, cmd)?,
+    };
+    store.put_meta(w, KEY_APPLIED_INDEX, &u64_key(index))?;
+    Ok(Some(result))
+}
+
+fn apply_command(store: &Store, w: &mut RwTxn, cmd: &Command) -> Result<ApplyResult> {
+    // Timestamps never go backwards, even if the proposer's clock does.
+    let (last_s, last_n) = store.last_timestamp(w)?;
+    let proposed = cmd.proposed_at.unwrap_or_default();
+    let ts = if (proposed.seconds, proposed.nanos) > (last_s, last_n) {
+        proposed
+    } else {
+        Timestamp { seconds: last_s, nanos: last_n }
+    };
+    match &cmd.op {
+        None => Ok(rejected("empty command".into())),
+        Some(command::Op::AppendEntry(entry)) => {
+            if let Err(reason) = validate_entry(entry) {
+                return Ok(rejected(reason));
+            }
+            let seq = store.next_sequence(w)?;
+            if let Some(p) = entry.parent {
+                if p >= seq || p == 0 {
+                    return Ok(rejected(format!("parent {p} is not an earlier entry (the next sequence is {seq})")));
+                }
+            }
+            let mut e = entry.clone();
+            e.sequence = seq;
+            e.timestamp = Some(ts);
+            store.put_entry(w, &e)?;
+            store.put_meta(w, KEY_NEXT_SEQUENCE, &u64_key(seq + 1))?;
+            store.put_meta(w, KEY_LAST_TS, &encode_ts(ts.seconds, ts.nanos))?;
+            update_overlay(store, w, &e)?;
+            Ok(ApplyResult {
+                result: Some(apply_result::Result::Appended(AppendEntryResponse {
+                    sequence: seq,
+                    timestamp: Some(ts),
+                })),
+            })
+        }
+        Some(command::Op::SetNodeState(req)) => {
+            if let Err(reason) = validate_id(&req.node_id, "node id") {
+                return Ok(rejected(reason));
+            }
+            match ConfigState::try_from(req.state) {
+                Ok(ConfigState::Unspecified) | Err(_) => {
+                    return Ok(rejected(format!("state {} is not a known config state", req.state)))
+                }
+                Ok(_) => {}
+            }
+            let since = store.next_sequence(w)? - 1;
+            let s = NodeConfigState {
+                node_id: req.node_id.clone(),
+                state: req.state,
+                since_sequence: since,
+                updated_at: Some(ts),
+                updated_by: req.author.clone(),
+            };
+            store.put_node_state(w, &s)?;
+            store.put_meta(w, KEY_LAST_TS, &encode_ts(ts.seconds, ts.nanos))?;
+            Ok(ApplyResult {
+                result: Some(apply_result::Result::NodeStateSet(SetNodeStateResponse { sequence: since })),
+            })
+        }
+    }
+}
+
+/// A COMMIT that carries a declared vCluster spec (what `pact apply` records) becomes that
+/// vCluster's overlay record. Rebuilding from later commits and rollbacks, compression and
+/// boot streaming come with the boot-streaming issue.
+fn update_overlay(store: &Store, w: &mut RwTxn, e: &ConfigEntry) -> Result<()> {
+    use pact_proto::config::scope::Target;
+    let (Some(spec), Some(Target::VclusterId(vc))) =
+        (e.declared.as_ref(), e.scope.as_ref().and_then(|s| s.target.as_ref()))
+    else {
+        return Ok(());
+    };
+    if e.entry_type != EntryType::Commit as i32 {
+        return Ok(());
+    }
+    let mut spec = spec.clone();
+    spec.vcluster_id = vc.clone();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &spec.encode_to_vec());
+    let checksum = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    store.put_overlay(w, &OverlayRecord { vcluster_id: vc.clone(), version: e.sequence, spec: Some(spec), checksum })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pact_proto::config::{scope::Target, Identity, Scope};
+
+    fn entry() -> ConfigEntry {
+        ConfigEntry {
+            entry_type: EntryType::Commit as i32,
+            scope: Some(Scope { target: Some(Target::VclusterId("ml".into())) }),
+            author: Some(Identity {
+                principal: "alice".into(),
+                role: "pact-platform-admin".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn cmd(e: ConfigEntry, secs: i64) -> Command {
+        Command {
+            origin: None,
+            proposed_at: Some(Timestamp { seconds: secs, nanos: 0 }),
+            op: Some(command::Op::AppendEntry(e)),
+        }
+    }
+
+    fn appended(r: &ApplyResult) -> u64 {
+        match &r.result {
+            Some(apply_result::Result::Appended(a)) => a.sequence,
+            other => panic!("expected appended, got {other:?}"),
+        }
+    }
+
+    fn reject_reason(r: &ApplyResult) -> String {
+        match &r.result {
+            Some(apply_result::Result::Rejected(s)) => s.clone(),
+            other => panic!("expected rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn validation_rules() {
+        assert!(validate_entry(&entry()).is_ok());
+        let mut e = entry();
+        e.author.as_mut().unwrap().principal.clear();
+        assert!(validate_entry(&e).unwrap_err().contains("principal"));
+        let mut e = entry();
+        e.author.as_mut().unwrap().role = " ".into();
+        assert!(validate_entry(&e).unwrap_err().contains("role"));
+        for (ttl, ok) in [(0, true), (899, false), (900, true), (864_000, true), (864_001, false)] {
+            let mut e = entry();
+            e.ttl_seconds = Some(ttl);
+            assert_eq!(validate_entry(&e).is_ok(), ok, "ttl {ttl}");
+        }
+        let mut e = entry();
+        e.entry_type = 999;
+        assert!(validate_entry(&e).is_err());
+        let mut e = entry();
+        e.scope = None;
+        assert!(validate_entry(&e).is_err());
+    }
+
+    #[test]
+    fn sequences_are_gap_free_timestamps_monotonic_and_replay_is_a_no_op() {
+        let dir = std::env::temp_dir().join(format!("pact-state-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir, 2).unwrap();
+        let mut w = store.write_txn().unwrap();
+        let r1 = apply(&store, &mut w, 1, Some(&cmd(entry(), 100))).unwrap().unwrap();
+        // A clock that went backwards does not move timestamps back.
+        let r2 = apply(&store, &mut w, 2, Some(&cmd(entry(), 50))).unwrap().unwrap();
+        // A leader's empty entry only moves the applied index.
+        assert_eq!(apply(&store, &mut w, 3, None).unwrap().unwrap().result, None);
+        let mut bad = entry();
+        bad.parent = Some(10);
+        let r4 = apply(&store, &mut w, 4, Some(&cmd(bad, 200))).unwrap().unwrap();
+        let mut child = entry();
+        child.parent = Some(1);
+        let r5 = apply(&store, &mut w, 5, Some(&cmd(child, 200))).unwrap().unwrap();
+        // Replaying an applied index changes nothing.
+        assert!(apply(&store, &mut w, 5, Some(&cmd(entry(), 300))).unwrap().is_none());
+        w.commit().unwrap();
+        assert_eq!((appended(&r1), appended(&r2), appended(&r5)), (1, 2, 3));
+        assert!(reject_reason(&r4).contains("not an earlier entry"));
+        let r = store.read_txn().unwrap();
+        let e2 = store.get_entry(&r, 2).unwrap().unwrap();
+        assert_eq!(e2.timestamp.unwrap().seconds, 100);
+        assert_eq!(store.entry_count(&r).unwrap(), 3);
+        let newest = store.list_entries(&r, None, 1, u64::MAX, 2, false).unwrap();
+        assert_eq!(newest.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![3, 2]);
+        drop(r);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

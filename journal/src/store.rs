@@ -1,0 +1,476 @@
+//! The LMDB store (through heed): the raft log and hard state, and the applied state.
+//! Layouts live in `codec.rs`. Writers: only the raft shard (through `persist_ready` and
+//! `apply`), always on its blocking pool. Readers: any shard, with short read transactions
+//! (LMDB MVCC: readers never block the writer).
+
+use crate::codec::{self, *};
+use heed::types::Bytes;
+use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn};
+use pact_proto::config::{ConfigEntry, NodeConfigState, Scope};
+use pact_proto::journal::OverlayRecord;
+use prost::Message as _;
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Virtual size of the memory map. LMDB only uses disk for what is written.
+const MAP_SIZE: usize = 64 << 30;
+const MAX_READERS: u32 = 1024;
+
+pub type Db = Database<Bytes, Bytes>;
+
+#[derive(Debug)]
+pub enum StoreError {
+    Lmdb(heed::Error),
+    Corrupt(String),
+    Io(std::io::Error),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Lmdb(e) => write!(f, "LMDB: {e}"),
+            StoreError::Corrupt(m) => write!(f, "corrupt store: {m}"),
+            StoreError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<heed::Error> for StoreError {
+    fn from(e: heed::Error) -> Self {
+        StoreError::Lmdb(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+struct Inner {
+    env: Env,
+    raft_log: Db,
+    raft_meta: Db,
+    state_meta: Db,
+    entries: Db,
+    entry_scope: Db,
+    overlays: Db,
+    nodes: Vec<Db>,
+}
+
+/// Cheap to clone; shared by every shard.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `data_dir`. `partitions` is used only when the
+    /// store is new; an existing store keeps the count it was created with.
+    pub fn open(data_dir: &Path, partitions: u32) -> Result<Store> {
+        let dir = data_dir.join("journal.mdb");
+        std::fs::create_dir_all(&dir).map_err(StoreError::Io)?;
+        // SAFETY: LMDB requires that the same environment is not opened twice in one process
+        // and that the files are not modified by anything else; the journal opens it once
+        // and holds an exclusive lock file on the data dir (see `sys::lock_data_dir`).
+        // heed's `read-txn-no-tls` feature opens with MDB_NOTLS: read transactions are not
+        // tied to a thread slot, so several tasks on one glommio executor may each hold one.
+        #[allow(unsafe_code)]
+        let env =
+            unsafe { EnvOpenOptions::new().map_size(MAP_SIZE).max_dbs(16 + 1024).max_readers(MAX_READERS).open(&dir)? };
+        let mut w = env.write_txn()?;
+        let raft_log = env.create_database(&mut w, Some(DB_RAFT_LOG))?;
+        let raft_meta = env.create_database(&mut w, Some(DB_RAFT_META))?;
+        let state_meta: Db = env.create_database(&mut w, Some(DB_STATE_META))?;
+        let entries = env.create_database(&mut w, Some(DB_ENTRIES))?;
+        let entry_scope = env.create_database(&mut w, Some(DB_ENTRY_SCOPE))?;
+        let overlays = env.create_database(&mut w, Some(DB_OVERLAYS))?;
+        let parts = match state_meta.get(&w, KEY_PARTITIONS)? {
+            Some(b) => read_u64(b).ok_or_else(|| StoreError::Corrupt("partitions".into()))? as u32,
+            None => {
+                let p = partitions.clamp(1, 1024);
+                state_meta.put(&mut w, KEY_PARTITIONS, &u64_key(u64::from(p)))?;
+                p
+            }
+        };
+        let mut nodes = Vec::with_capacity(parts as usize);
+        for p in 0..parts {
+            nodes.push(env.create_database(&mut w, Some(&node_db_name(p)))?);
+        }
+        w.commit()?;
+        Ok(Store {
+            inner: Arc::new(Inner { env, raft_log, raft_meta, state_meta, entries, entry_scope, overlays, nodes }),
+        })
+    }
+
+    pub fn read_txn(&self) -> Result<RoTxn<'_>> {
+        Ok(self.inner.env.read_txn()?)
+    }
+
+    pub fn write_txn(&self) -> Result<RwTxn<'_>> {
+        Ok(self.inner.env.write_txn()?)
+    }
+
+    // ---------------- raft side ----------------
+
+    pub fn is_bootstrapped(&self) -> Result<bool> {
+        let r = self.read_txn()?;
+        Ok(self.inner.raft_meta.get(&r, KEY_BOOTSTRAPPED)?.is_some())
+    }
+
+    /// Creates the initial membership: a ConfState with these voters, and the log start.
+    /// Refused when the store already has one.
+    pub fn bootstrap(&self, voters: &[u64]) -> Result<()> {
+        let mut w = self.write_txn()?;
+        if self.inner.raft_meta.get(&w, KEY_BOOTSTRAPPED)?.is_some() {
+            return Err(StoreError::Corrupt("already bootstrapped".into()));
+        }
+        let cs = ConfState { voters: voters.to_vec(), ..Default::default() };
+        self.put_proto(&mut w, KEY_CONF_STATE, &cs)?;
+        // The log starts after a virtual snapshot at index 0, term 0.
+        self.inner.raft_meta.put(&mut w, KEY_FIRST_INDEX, &u64_key(1))?;
+        self.inner.raft_meta.put(&mut w, KEY_BOOTSTRAPPED, &u64_key(1))?;
+        w.commit()?;
+        Ok(())
+    }
+
+    fn put_proto(&self, w: &mut RwTxn, key: &[u8], m: &dyn protobuf::Message) -> Result<()> {
+        let bytes = m.write_to_bytes().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.inner.raft_meta.put(w, key, &bytes)?;
+        Ok(())
+    }
+
+    fn get_proto<M: protobuf::Message + Default>(&self, r: &RoTxn, key: &[u8]) -> Result<Option<M>> {
+        match self.inner.raft_meta.get(r, key)? {
+            None => Ok(None),
+            Some(b) => {
+                let mut m = M::default();
+                m.merge_from_bytes(b)
+                    .map_err(|e| StoreError::Corrupt(format!("{}: {e}", String::from_utf8_lossy(key))))?;
+                Ok(Some(m))
+            }
+        }
+    }
+
+    pub fn hard_state(&self) -> Result<HardState> {
+        let r = self.read_txn()?;
+        Ok(self.get_proto(&r, KEY_HARD_STATE)?.unwrap_or_default())
+    }
+
+    pub fn conf_state(&self) -> Result<ConfState> {
+        let r = self.read_txn()?;
+        Ok(self.get_proto(&r, KEY_CONF_STATE)?.unwrap_or_default())
+    }
+
+    fn first_index_in(&self, r: &RoTxn) -> Result<u64> {
+        Ok(self.inner.raft_meta.get(r, KEY_FIRST_INDEX)?.and_then(read_u64).unwrap_or(1))
+    }
+
+    fn last_index_in(&self, r: &RoTxn) -> Result<u64> {
+        match self.inner.raft_log.last(r)? {
+            Some((k, _)) => read_u64(k).ok_or_else(|| StoreError::Corrupt("raft_log key".into())),
+            None => Ok(self.first_index_in(r)? - 1),
+        }
+    }
+
+    pub fn last_index(&self) -> Result<u64> {
+        let r = self.read_txn()?;
+        self.last_index_in(&r)
+    }
+
+    /// Appends entries, truncating any conflicting suffix (raft may overwrite an uncommitted
+    /// tail after a leader change), and persists the hard state, in one transaction.
+    pub fn persist_ready(&self, entries: &[Entry], hs: Option<&HardState>, cs: Option<&ConfState>) -> Result<()> {
+        let mut w = self.write_txn()?;
+        self.write_raft(&mut w, entries, hs, cs)?;
+        w.commit()?;
+        Ok(())
+    }
+
+    /// The body of `persist_ready`, inside a caller's transaction.
+    pub fn write_raft(
+        &self,
+        w: &mut RwTxn,
+        entries: &[Entry],
+        hs: Option<&HardState>,
+        cs: Option<&ConfState>,
+    ) -> Result<()> {
+        if let Some(first) = entries.first() {
+            let first_index = self.inner.raft_meta.get(w, KEY_FIRST_INDEX)?.and_then(read_u64).unwrap_or(1);
+            assert!(first.index >= first_index, "append below the log start: {} < {first_index}", first.index);
+            // Drop everything from the first new index on.
+            let start = u64_key(first.index);
+            let stale: Vec<Vec<u8>> = self
+                .inner
+                .raft_log
+                .range(w, &(std::ops::Bound::Included(&start[..]), std::ops::Bound::Unbounded))?
+                .map(|kv| kv.map(|(k, _)| k.to_vec()))
+                .collect::<std::result::Result<_, _>>()?;
+            for k in stale {
+                self.inner.raft_log.delete(w, &k)?;
+            }
+            let mut prev = first.index - 1;
+            for e in entries {
+                assert_eq!(e.index, prev + 1, "raft handed us a log with a gap");
+                prev = e.index;
+                let bytes = e.write_to_bytes().map_err(|err| StoreError::Corrupt(err.to_string()))?;
+                self.inner.raft_log.put(w, &u64_key(e.index), &bytes)?;
+            }
+        }
+        if let Some(hs) = hs {
+            self.put_proto(w, KEY_HARD_STATE, hs)?;
+        }
+        if let Some(cs) = cs {
+            self.put_proto(w, KEY_CONF_STATE, cs)?;
+        }
+        Ok(())
+    }
+
+    pub fn raft_entry(&self, r: &RoTxn, index: u64) -> Result<Option<Entry>> {
+        match self.inner.raft_log.get(r, &u64_key(index))? {
+            None => Ok(None),
+            Some(b) => {
+                let mut e = Entry::default();
+                e.merge_from_bytes(b).map_err(|err| StoreError::Corrupt(format!("raft entry {index}: {err}")))?;
+                Ok(Some(e))
+            }
+        }
+    }
+
+    /// Number of entries currently in the raft log (for metrics).
+    pub fn raft_log_len(&self) -> Result<u64> {
+        let r = self.read_txn()?;
+        Ok(self.inner.raft_log.len(&r)?)
+    }
+
+    // ---------------- applied state ----------------
+
+    pub fn partitions(&self) -> u32 {
+        self.inner.nodes.len() as u32
+    }
+
+    pub fn meta_u64(&self, r: &RoTxn, key: &[u8]) -> Result<u64> {
+        Ok(self.inner.state_meta.get(r, key)?.and_then(read_u64).unwrap_or(0))
+    }
+
+    pub fn applied_index(&self) -> Result<u64> {
+        let r = self.read_txn()?;
+        self.meta_u64(&r, KEY_APPLIED_INDEX)
+    }
+
+    /// The next sequence to assign (sequences start at 1; 0 means "none").
+    pub fn next_sequence(&self, r: &RoTxn) -> Result<u64> {
+        Ok(self.meta_u64(r, KEY_NEXT_SEQUENCE)?.max(1))
+    }
+
+    pub fn last_timestamp(&self, r: &RoTxn) -> Result<(i64, u32)> {
+        Ok(self.inner.state_meta.get(r, KEY_LAST_TS)?.and_then(decode_ts).unwrap_or((0, 0)))
+    }
+
+    pub fn put_meta(&self, w: &mut RwTxn, key: &[u8], v: &[u8]) -> Result<()> {
+        self.inner.state_meta.put(w, key, v)?;
+        Ok(())
+    }
+
+    pub fn put_entry(&self, w: &mut RwTxn, e: &ConfigEntry) -> Result<()> {
+        self.inner.entries.put(w, &u64_key(e.sequence), &e.encode_to_vec())?;
+        if let Some(k) = e.scope.as_ref().and_then(|s| scope_index_key(s, e.sequence)) {
+            self.inner.entry_scope.put(w, &k, &[])?;
+        }
+        Ok(())
+    }
+
+    pub fn get_entry(&self, r: &RoTxn, seq: u64) -> Result<Option<ConfigEntry>> {
+        match self.inner.entries.get(r, &u64_key(seq))? {
+            None => Ok(None),
+            Some(b) => Ok(Some(decode_prost(b, "entry")?)),
+        }
+    }
+
+    pub fn entry_count(&self, r: &RoTxn) -> Result<u64> {
+        Ok(self.inner.entries.len(r)?)
+    }
+
+    /// Entries in [from, to], optionally for one scope, newest first unless `oldest_first`,
+    /// at most `limit`.
+    pub fn list_entries(
+        &self,
+        r: &RoTxn,
+        scope: Option<&Scope>,
+        from: u64,
+        to: u64,
+        limit: usize,
+        oldest_first: bool,
+    ) -> Result<Vec<ConfigEntry>> {
+        let mut out = Vec::new();
+        if from > to || limit == 0 {
+            return Ok(out);
+        }
+        match scope.and_then(scope_prefix) {
+            None => {
+                let (lo, hi) = (u64_key(from), u64_key(to));
+                let range = (std::ops::Bound::Included(&lo[..]), std::ops::Bound::Included(&hi[..]));
+                if oldest_first {
+                    for kv in self.inner.entries.range(r, &range)? {
+                        out.push(decode_prost(kv?.1, "entry")?);
+                        if out.len() >= limit {
+                            break;
+                        }
+                    }
+                } else {
+                    for kv in self.inner.entries.rev_range(r, &range)? {
+                        out.push(decode_prost(kv?.1, "entry")?);
+                        if out.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+            }
+            Some(prefix) => {
+                let mut lo = prefix.clone();
+                lo.extend_from_slice(&u64_key(from));
+                let mut hi = prefix;
+                hi.extend_from_slice(&u64_key(to));
+                let range = (std::ops::Bound::Included(&lo[..]), std::ops::Bound::Included(&hi[..]));
+                let mut seqs = Vec::new();
+                if oldest_first {
+                    for kv in self.inner.entry_scope.range(r, &range)? {
+                        seqs.push(sequence_of_index_key(kv?.0));
+                        if seqs.len() >= limit {
+                            break;
+                        }
+                    }
+                } else {
+                    for kv in self.inner.entry_scope.rev_range(r, &range)? {
+                        seqs.push(sequence_of_index_key(kv?.0));
+                        if seqs.len() >= limit {
+                            break;
+                        }
+                    }
+                }
+                for s in seqs {
+                    let s = s.ok_or_else(|| StoreError::Corrupt("entry_scope key".into()))?;
+                    let e = self
+                        .get_entry(r, s)?
+                        .ok_or_else(|| StoreError::Corrupt(format!("index names missing entry {s}")))?;
+                    out.push(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn put_overlay(&self, w: &mut RwTxn, o: &OverlayRecord) -> Result<()> {
+        self.inner.overlays.put(w, o.vcluster_id.as_bytes(), &o.encode_to_vec())?;
+        Ok(())
+    }
+
+    pub fn get_overlay(&self, r: &RoTxn, vcluster: &str) -> Result<Option<OverlayRecord>> {
+        match self.inner.overlays.get(r, vcluster.as_bytes())? {
+            None => Ok(None),
+            Some(b) => Ok(Some(decode_prost(b, "overlay")?)),
+        }
+    }
+
+    fn node_db(&self, node_id: &str) -> &Db {
+        &self.inner.nodes[codec::partition_of(node_id, self.partitions()) as usize]
+    }
+
+    pub fn put_node_state(&self, w: &mut RwTxn, s: &NodeConfigState) -> Result<()> {
+        self.node_db(&s.node_id).put(w, s.node_id.as_bytes(), &s.encode_to_vec())?;
+        Ok(())
+    }
+
+    pub fn get_node_state(&self, r: &RoTxn, node_id: &str) -> Result<Option<NodeConfigState>> {
+        match self.node_db(node_id).get(r, node_id.as_bytes())? {
+            None => Ok(None),
+            Some(b) => Ok(Some(decode_prost(b, "node state")?)),
+        }
+    }
+}
+
+fn decode_prost<M: prost::Message + Default>(b: &[u8], what: &str) -> Result<M> {
+    M::decode(b).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+fn storage_err(e: StoreError) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+/// raft-rs reads its log through this. All reads are LMDB read transactions.
+pub struct RaftStorage {
+    pub store: Store,
+}
+
+impl raft::Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let hard_state = self.store.hard_state().map_err(storage_err)?;
+        let conf_state = self.store.conf_state().map_err(storage_err)?;
+        Ok(RaftState { hard_state, conf_state })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        let r = self.store.read_txn().map_err(storage_err)?;
+        let first = self.store.first_index_in(&r).map_err(storage_err)?;
+        if low < first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        let last = self.store.last_index_in(&r).map_err(storage_err)?;
+        assert!(high <= last + 1, "entries({low}, {high}) past the last index {last}");
+        let mut out = Vec::new();
+        let mut size = 0u64;
+        for idx in low..high {
+            let e = self
+                .store
+                .raft_entry(&r, idx)
+                .map_err(storage_err)?
+                .ok_or(raft::Error::Store(StorageError::Unavailable))?;
+            size += u64::from(e.compute_size());
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let r = self.store.read_txn().map_err(storage_err)?;
+        let first = self.store.first_index_in(&r).map_err(storage_err)?;
+        if idx == first - 1 {
+            // The entry before the log start: the (virtual) snapshot's term. Snapshots arrive
+            // with the quorum issue; until then the log always starts at 1 after term 0.
+            return Ok(0);
+        }
+        if idx < first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        match self.store.raft_entry(&r, idx).map_err(storage_err)? {
+            Some(e) => Ok(e.term),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        let r = self.store.read_txn().map_err(storage_err)?;
+        self.store.first_index_in(&r).map_err(storage_err)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.store.last_index().map_err(storage_err)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // A single voter never sends a snapshot; peers and snapshots come with the quorum issue.
+        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    }
+}

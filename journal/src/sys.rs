@@ -1,0 +1,57 @@
+//! The few raw syscalls the journal needs: signal masking and waiting, and an exclusive
+//! lock on the data dir. Kept here so `unsafe` stays in one small, reviewed place.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and every thread it spawns
+/// afterwards), so only `wait_for_signal` sees them.
+pub fn block_shutdown_signals() {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset; pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits for one of the blocked signals; returns its number.
+pub fn wait_for_signal() -> i32 {
+    // SAFETY: as above; sigwait writes the signal number into `sig`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        let mut sig: libc::c_int = 0;
+        loop {
+            if libc::sigwait(&set, &mut sig) == 0 {
+                return sig;
+            }
+        }
+    }
+}
+
+/// Takes an exclusive, non-blocking lock on `<dir>/LOCK`. Two journals on one data dir
+/// would corrupt each other's view of the raft log; the second is refused.
+pub fn lock_data_dir(dir: &Path) -> Result<File, String> {
+    let path = dir.join("LOCK");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own; no memory is shared.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(format!("{} is locked: another pact-journal is using data dir {}", path.display(), dir.display()));
+    }
+    Ok(f)
+}

@@ -1,0 +1,56 @@
+//! pact-perf: benchmarks, each run side by side with a baseline on the same machine and
+//! reported as a ratio. Numbers live here, never in tests.
+//!
+//! Exit codes: 0 ok, 1 benchmark failed, 2 bad command line.
+
+mod commit;
+mod journal_proc;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+pact-perf: pact's benchmark suite
+
+USAGE: pact-perf <BENCHMARK> [OPTIONS]
+
+BENCHMARKS:
+  commit     C concurrent clients append 1 KiB entries for T seconds to a journal this
+             benchmark starts itself; baseline: the same disk's fsync'd-append ceiling.
+             Options: --clients LIST (default 1,16,64)  --seconds T (default 10)
+                      --payload BYTES (default 1024)     --cores N (journal cores, default all)
+                      --journal PATH (default: pact-journal next to this binary)
+                      --dir DIR (data and results, default ./perf/results)
+                      --json FILE (default DIR/commit.json)
+
+Build with `cargo build --release --workspace` and run target/release/pact-perf.";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    let Some(bench) = args.next() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest: Vec<_> = args.collect();
+    let result = match bench.to_str() {
+        Some("commit") => commit::run(rest),
+        Some("-h") | Some("--help") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some("-V") | Some("--version") => {
+            println!("pact-perf {}", pact_proto::VERSION);
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("pact-perf: unknown benchmark {bench:?}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err((code, msg)) => {
+            eprintln!("pact-perf: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! TLS configuration shared by every binary: rustls on the ring provider, TLS 1.3 and 1.2,
+//! certificates and keys from PEM files.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct TlsError(pub String);
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError(format!("{}: cannot read certificates: {e}", path.display())))?
+        .collect();
+    let certs = certs.map_err(|e| TlsError(format!("{}: bad certificate PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError(format!("{}: no certificate found", path.display())));
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| TlsError(format!("{}: cannot read private key: {e}", path.display())))
+}
+
+pub fn root_store(ca_pem: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ca_pem)? {
+        roots.add(c).map_err(|e| TlsError(format!("{}: unusable CA certificate: {e}", ca_pem.display())))?;
+    }
+    Ok(roots)
+}
+
+/// Server side, no client certificate (the client port authenticates with bearer tokens;
+/// mutual TLS for agents arrives with enrollment).
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs = load_certs(cert)?;
+    let key = load_key(key)?;
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError(format!("{}: certificate and key do not form a usable pair: {e}", cert.display())))?;
+    Ok(Arc::new(cfg))
+}
+
+/// Client side, trusting only the given CA bundle.
+pub fn client_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let roots = root_store(ca_pem)?;
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// The name to check the server certificate against, from "host:port" or "https://host:port".
+pub fn server_name_for(endpoint: &str) -> Result<ServerName<'static>, TlsError> {
+    let host = host_of(endpoint);
+    ServerName::try_from(host.to_string()).map_err(|e| TlsError(format!("{endpoint}: not a valid server name: {e}")))
+}
+
+/// "https://host:9443/x" → "host"; "[::1]:9443" → "::1".
+pub fn host_of(endpoint: &str) -> &str {
+    let s = endpoint.split("://").nth(1).unwrap_or(endpoint);
+    let s = s.split('/').next().unwrap_or(s);
+    if let Some(rest) = s.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_extracted() {
+        assert_eq!(host_of("localhost:9443"), "localhost");
+        assert_eq!(host_of("https://mgmt-1:9443/"), "mgmt-1");
+        assert_eq!(host_of("[::1]:9443"), "::1");
+        assert_eq!(host_of("journal-1.mgmt"), "journal-1.mgmt");
+    }
+
+    #[test]
+    fn missing_files_name_the_path() {
+        let e = load_certs(Path::new("/nonexistent/ca.crt")).unwrap_err();
+        assert!(e.0.contains("/nonexistent/ca.crt"), "{e}");
+    }
+}
