@@ -3,48 +3,29 @@
 //! requests over 8 KiB or slower than 5 s are dropped. Metric names are listed in
 //! ARCHITECTURE.md; dashboards and alert rules use exactly these.
 
+use crate::debug;
 use crate::shard::ShardRef;
 use crate::shared::{Shared, ROLE_LEADER};
-use crate::{debug, warn};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
-use glommio::GlommioError;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const MAX_REQUEST: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_OPEN: u32 = 256;
+const MAX_OPEN: u64 = 256;
 
 pub async fn serve(shard: ShardRef, listener: TcpListener) {
-    let open = std::rc::Rc::new(std::cell::Cell::new(0u32));
-    loop {
-        if shard.shared.is_shutting_down() {
-            break;
-        }
-        let stream = match glommio::timer::timeout(Duration::from_millis(200), listener.accept()).await {
-            Ok(s) => s,
-            Err(GlommioError::TimedOut(_)) => continue,
-            Err(e) => {
-                warn!("metrics accept: {e}");
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        if open.get() >= MAX_OPEN {
-            continue;
-        }
-        open.set(open.get() + 1);
-        let (shard2, open2) = (shard.clone(), open.clone());
-        glommio::spawn_local(async move {
-            if let Err(e) = one_request(&shard2, stream).await {
+    crate::server::accept_loop(&shard.shared.clone(), &listener, MAX_OPEN, |stream| {
+        let shard = shard.clone();
+        async move {
+            if let Err(e) = one_request(&shard, stream).await {
                 debug!("metrics request: {e}");
             }
-            open2.set(open2.get() - 1);
-        })
-        .detach();
-    }
+        }
+    })
+    .await;
 }
 
 async fn one_request(shard: &ShardRef, mut stream: TcpStream) -> Result<(), String> {

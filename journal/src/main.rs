@@ -193,7 +193,7 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
     }
 
     let cores = cfg.cores.max(1);
-    let online = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let allowed = sys::allowed_cpus();
     let mut prop_tx = Vec::new();
     let mut prop_rx = Vec::new();
     let mut res_tx = Vec::new();
@@ -210,7 +210,11 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
     let mut handles = Vec::new();
     let mut raft_side = Some((prop_rx, res_tx));
     for id in 0..cores as u32 {
-        let placement = if (id as usize) < online { Placement::Fixed(id as usize) } else { Placement::Unbound };
+        // One shard per allowed CPU; more shards than CPUs run unpinned.
+        let placement = match allowed.get(id as usize) {
+            Some(cpu) => Placement::Fixed(*cpu),
+            None => Placement::Unbound,
+        };
         let (store, shared, verifier, tls, ready) =
             (store.clone(), shared.clone(), verifier.clone(), tls.clone(), ready_tx.clone());
         let listen = cfg.listen_addr;
@@ -323,8 +327,8 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
     for h in handles {
         let _ = h.join();
     }
-    if shared.role.load(Ordering::Relaxed) != shared::ROLE_SHUTDOWN {
-        return Err((EXIT_RUNTIME, "the raft driver stopped unexpectedly".into()));
+    if shared.failed.load(Ordering::Relaxed) {
+        return Err((EXIT_RUNTIME, "stopped after a raft or store failure (see the log above)".into()));
     }
     info!("stopped cleanly");
     Ok(())

@@ -115,6 +115,7 @@ impl Driver {
                 // A store failure here means we can no longer promise durability: stop
                 // taking writes rather than acknowledge something we may not have kept.
                 error!("raft driver stopped: {e}");
+                self.shared.failed.store(true, Ordering::Relaxed);
                 self.shared.shutdown.store(true, Ordering::Relaxed);
                 break;
             }

@@ -39,11 +39,16 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
-pub async fn serve(shard: ShardRef, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
-    let acceptor = TlsAcceptor::from(tls);
+/// Accepts connections until shutdown, each handled on its own task, at most `max_open` at
+/// once (more are closed at accept and counted). Shared by the client and metrics ports.
+pub async fn accept_loop<F, Fut>(shared: &Shared, listener: &TcpListener, max_open: u64, mut handle: F)
+where
+    F: FnMut(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     let open = Rc::new(std::cell::Cell::new(0u64));
     loop {
-        if shard.shared.is_shutting_down() {
+        if shared.is_shutting_down() {
             break;
         }
         let stream = match glommio::timer::timeout(ACCEPT_POLL, listener.accept()).await {
@@ -55,37 +60,56 @@ pub async fn serve(shard: ShardRef, listener: TcpListener, tls: Arc<rustls::Serv
                 continue;
             }
         };
-        if open.get() >= MAX_CONNECTIONS_PER_SHARD {
-            Shared::inc(&shard.shared.connections_refused_total);
+        if open.get() >= max_open {
+            Shared::inc(&shared.connections_refused_total);
             drop(stream);
             continue;
         }
         open.set(open.get() + 1);
-        Shared::inc(&shard.shared.connections_total);
-        shard.shared.connections_open.fetch_add(1, Ordering::Relaxed);
-        let (shard2, acceptor2, open2) = (shard.clone(), acceptor.clone(), open.clone());
+        let fut = handle(stream);
+        let open2 = open.clone();
         glommio::spawn_local(async move {
-            let peer = stream.peer_addr().ok();
-            if let Err(e) = connection(&shard2, &acceptor2, stream).await {
-                debug!("connection {peer:?}: {e}");
-            }
+            fut.await;
             open2.set(open2.get() - 1);
-            shard2.shared.connections_open.fetch_sub(1, Ordering::Relaxed);
         })
         .detach();
     }
+}
+
+pub async fn serve(shard: ShardRef, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+    let acceptor = TlsAcceptor::from(tls);
+    accept_loop(&shard.shared.clone(), &listener, MAX_CONNECTIONS_PER_SHARD, |stream| {
+        let (shard, acceptor) = (shard.clone(), acceptor.clone());
+        Shared::inc(&shard.shared.connections_total);
+        shard.shared.connections_open.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let peer = stream.peer_addr().ok();
+            if let Err(e) = connection(&shard, &acceptor, stream).await {
+                debug!("connection {peer:?}: {e}");
+            }
+            shard.shared.connections_open.fetch_sub(1, Ordering::Relaxed);
+        }
+    })
+    .await;
     info!("shard {} stopped accepting", shard.id);
 }
 
 async fn connection(shard: &ShardRef, acceptor: &TlsAcceptor, stream: TcpStream) -> Result<(), String> {
     let _ = stream.set_nodelay(true);
     stream.set_read_timeout(Some(IDLE_TIMEOUT)).map_err(|e| e.to_string())?;
-    let mut tls =
-        glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { acceptor.accept(stream).await.map_err(GlommioError::from) })
+    // TLS and the pact hello together must finish within HANDSHAKE_TIMEOUT, so a client that
+    // connects and goes quiet holds a slot for seconds, not for the idle timeout.
+    let opened = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async {
+        let mut tls = acceptor
+            .accept(stream)
             .await
-            .map_err(|e| format!("TLS handshake: {e}"))?;
-    let mut hello = [0u8; HANDSHAKE_LEN];
-    tls.read_exact(&mut hello).await.map_err(|e| format!("handshake: {e}"))?;
+            .map_err(|e| GlommioError::from(std::io::Error::other(format!("TLS: {e}"))))?;
+        let mut hello = [0u8; HANDSHAKE_LEN];
+        tls.read_exact(&mut hello).await?;
+        Ok((tls, hello))
+    })
+    .await;
+    let (mut tls, hello) = opened.map_err(|e| format!("handshake: {e}"))?;
     let (outcome, answer) = match frame::server_answer(&hello) {
         Ok(x) => x,
         Err(e) => {
@@ -124,35 +148,9 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(shard: &ShardRef, io: &
         };
         let mut body = vec![0u8; header.body_len as usize];
         io.read_exact(&mut body).await.map_err(|e| format!("truncated frame body: {e}"))?;
-        if header.kind != FrameKind::Request {
-            let msg = format!("expected a request frame, got {:?}", header.kind);
-            return fatal(
-                shard,
-                io,
-                header.method,
-                header.request_id,
-                RemoteError::new(ErrorCode::MalformedFrame, msg),
-            )
-            .await;
-        }
-        let Some(method) = Method::from_u16(header.method) else {
-            let msg = format!("unknown method id {}", header.method);
-            return fatal(shard, io, header.method, header.request_id, RemoteError::new(ErrorCode::UnknownMethod, msg))
-                .await;
-        };
-        let request = match pact_proto::wire::Request::decode(&body[..]) {
-            Ok(r) => r,
-            Err(e) => {
-                let msg = format!("request body is not a pact.wire.Request: {e}");
-                return fatal(
-                    shard,
-                    io,
-                    header.method,
-                    header.request_id,
-                    RemoteError::new(ErrorCode::MalformedFrame, msg),
-                )
-                .await;
-            }
+        let (method, request) = match parse_request(&header, &body) {
+            Ok(x) => x,
+            Err(e) => return fatal(shard, io, header.method, header.request_id, e).await,
         };
         Shared::inc(&shard.shared.requests_total);
         out.clear();
@@ -180,6 +178,20 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(shard: &ShardRef, io: &
         io.write_all(&out).await.map_err(|e| e.to_string())?;
         io.flush().await.map_err(|e| e.to_string())?;
     }
+}
+
+/// A frame the client port accepts: a request, for a known method, whose body is a Request.
+fn parse_request(header: &frame::FrameHeader, body: &[u8]) -> Result<(Method, pact_proto::wire::Request), RemoteError> {
+    if header.kind != FrameKind::Request {
+        let msg = format!("expected a request frame, got {:?}", header.kind);
+        return Err(RemoteError::new(ErrorCode::MalformedFrame, msg));
+    }
+    let method = Method::from_u16(header.method)
+        .ok_or_else(|| RemoteError::new(ErrorCode::UnknownMethod, format!("unknown method id {}", header.method)))?;
+    let request = pact_proto::wire::Request::decode(body).map_err(|e| {
+        RemoteError::new(ErrorCode::MalformedFrame, format!("request body is not a pact.wire.Request: {e}"))
+    })?;
+    Ok((method, request))
 }
 
 fn push(out: &mut Vec<u8>, f: Frame) -> Result<(), String> {

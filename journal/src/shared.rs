@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 pub struct Shared {
     pub node_id: u64,
     pub shutdown: AtomicBool,
+    /// Set when the raft driver stopped on an error (exit code 1 instead of 0).
+    pub failed: AtomicBool,
     // raft status, published by the raft shard after each Ready round
     pub role: AtomicU8,
     pub term: AtomicU64,

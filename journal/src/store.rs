@@ -304,59 +304,36 @@ impl Store {
         limit: usize,
         oldest_first: bool,
     ) -> Result<Vec<ConfigEntry>> {
-        let mut out = Vec::new();
         if from > to || limit == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        match scope.and_then(scope_prefix) {
-            None => {
-                let (lo, hi) = (u64_key(from), u64_key(to));
-                let range = (std::ops::Bound::Included(&lo[..]), std::ops::Bound::Included(&hi[..]));
-                if oldest_first {
-                    for kv in self.inner.entries.range(r, &range)? {
-                        out.push(decode_prost(kv?.1, "entry")?);
-                        if out.len() >= limit {
-                            break;
-                        }
-                    }
-                } else {
-                    for kv in self.inner.entries.rev_range(r, &range)? {
-                        out.push(decode_prost(kv?.1, "entry")?);
-                        if out.len() >= limit {
-                            break;
-                        }
-                    }
-                }
-            }
+        // Without a scope, walk `entries` by sequence; with one, walk that scope's index and
+        // look each entry up. Either way one cursor, forwards or backwards.
+        let (db, lo, hi) = match scope.and_then(scope_prefix) {
+            None => (&self.inner.entries, u64_key(from).to_vec(), u64_key(to).to_vec()),
             Some(prefix) => {
-                let mut lo = prefix.clone();
+                let (mut lo, mut hi) = (prefix.clone(), prefix);
                 lo.extend_from_slice(&u64_key(from));
-                let mut hi = prefix;
                 hi.extend_from_slice(&u64_key(to));
-                let range = (std::ops::Bound::Included(&lo[..]), std::ops::Bound::Included(&hi[..]));
-                let mut seqs = Vec::new();
-                if oldest_first {
-                    for kv in self.inner.entry_scope.range(r, &range)? {
-                        seqs.push(sequence_of_index_key(kv?.0));
-                        if seqs.len() >= limit {
-                            break;
-                        }
-                    }
-                } else {
-                    for kv in self.inner.entry_scope.rev_range(r, &range)? {
-                        seqs.push(sequence_of_index_key(kv?.0));
-                        if seqs.len() >= limit {
-                            break;
-                        }
-                    }
-                }
-                for s in seqs {
-                    let s = s.ok_or_else(|| StoreError::Corrupt("entry_scope key".into()))?;
-                    let e = self
-                        .get_entry(r, s)?
-                        .ok_or_else(|| StoreError::Corrupt(format!("index names missing entry {s}")))?;
-                    out.push(e);
-                }
+                (&self.inner.entry_scope, lo, hi)
+            }
+        };
+        let range = (std::ops::Bound::Included(&lo[..]), std::ops::Bound::Included(&hi[..]));
+        type Cursor<'t> = Box<dyn Iterator<Item = heed::Result<(&'t [u8], &'t [u8])>> + 't>;
+        let cursor: Cursor =
+            if oldest_first { Box::new(db.range(r, &range)?) } else { Box::new(db.rev_range(r, &range)?) };
+        let indexed = scope.is_some_and(|s| s.target.is_some());
+        let mut out = Vec::new();
+        for kv in cursor.take(limit) {
+            let (k, v) = kv?;
+            if indexed {
+                let seq = sequence_of_index_key(k).ok_or_else(|| StoreError::Corrupt("entry_scope key".into()))?;
+                let e = self
+                    .get_entry(r, seq)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("index names missing entry {seq}")))?;
+                out.push(e);
+            } else {
+                out.push(decode_prost(v, "entry")?);
             }
         }
         Ok(out)
@@ -472,5 +449,50 @@ impl raft::Storage for RaftStorage {
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         // A single voter never sends a snapshot; peers and snapshots come with the quorum issue.
         Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pact_proto::config::scope::Target;
+
+    fn scope(t: Target) -> Scope {
+        Scope { target: Some(t) }
+    }
+
+    #[test]
+    fn listing_by_scope_range_and_direction() {
+        let dir = std::env::temp_dir().join(format!("pact-store-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir, 3).unwrap();
+        let scopes = [
+            scope(Target::NodeId("n1".into())),
+            scope(Target::VclusterId("ml".into())),
+            scope(Target::Global(true)),
+            scope(Target::NodeId("n10".into())),
+        ];
+        let mut w = store.write_txn().unwrap();
+        for seq in 1..=12u64 {
+            let e =
+                ConfigEntry { sequence: seq, scope: Some(scopes[(seq % 4) as usize].clone()), ..Default::default() };
+            store.put_entry(&mut w, &e).unwrap();
+        }
+        w.commit().unwrap();
+        let r = store.read_txn().unwrap();
+        let seqs = |s: Option<&Scope>, from, to, limit, oldest| -> Vec<u64> {
+            store.list_entries(&r, s, from, to, limit, oldest).unwrap().iter().map(|e| e.sequence).collect()
+        };
+        assert_eq!(seqs(None, 1, u64::MAX, 3, false), vec![12, 11, 10]);
+        assert_eq!(seqs(None, 1, u64::MAX, 3, true), vec![1, 2, 3]);
+        assert_eq!(seqs(None, 5, 7, 100, true), vec![5, 6, 7]);
+        // n1 holds 4 and 8 and 12; n10 (a longer id with the same prefix) must not leak in.
+        assert_eq!(seqs(Some(&scopes[0]), 1, u64::MAX, 100, false), vec![12, 8, 4]);
+        assert_eq!(seqs(Some(&scopes[3]), 1, u64::MAX, 100, true), vec![3, 7, 11]);
+        assert_eq!(seqs(Some(&scopes[2]), 1, 6, 100, true), vec![2, 6]);
+        assert_eq!(seqs(Some(&scopes[1]), 2, 9, 1, true), vec![5]);
+        assert!(seqs(None, 9, 3, 100, true).is_empty());
+        drop(r);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -9,26 +9,30 @@ use std::path::Path;
 /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and every thread it spawns
 /// afterwards), so only `wait_for_signal` sees them.
 pub fn block_shutdown_signals() {
-    // SAFETY: sigset_t is plain data initialised by sigemptyset; pthread_sigmask only reads it.
+    let set = shutdown_signals();
+    // SAFETY: pthread_sigmask only reads the initialised set.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn shutdown_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before sigaddset reads it.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
     }
 }
 
 /// Waits for one of the blocked signals; returns its number.
 pub fn wait_for_signal() -> i32 {
-    // SAFETY: as above; sigwait writes the signal number into `sig`.
+    let set = shutdown_signals();
+    // SAFETY: sigwait reads the initialised set and writes the signal number into `sig`.
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGHUP);
         let mut sig: libc::c_int = 0;
         loop {
             if libc::sigwait(&set, &mut sig) == 0 {
@@ -54,4 +58,17 @@ pub fn lock_data_dir(dir: &Path) -> Result<File, String> {
         return Err(format!("{} is locked: another pact-journal is using data dir {}", path.display(), dir.display()));
     }
     Ok(f)
+}
+
+/// The CPUs this process may run on (its affinity mask, which containers and cgroups narrow),
+/// in ascending order. Shards are pinned to these, not to whatever ids the machine has.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most size_of::<cpu_set_t>() bytes.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|c| libc::CPU_ISSET(*c, &set)).collect()
+    }
 }

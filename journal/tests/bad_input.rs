@@ -163,3 +163,17 @@ fn well_formed_but_wrong_requests_get_typed_errors_and_keep_the_connection() {
         c.call(Method::GetEntry, &pact_proto::journal::GetEntryRequest { sequence: 99 });
     assert!(matches!(missing, Err(pact_proto::client::CallError::Remote(e)) if e.code == ErrorCode::NotFound));
 }
+
+#[test]
+fn a_client_that_goes_quiet_after_connecting_is_dropped() {
+    let j = Journal::start("quiet");
+    // TLS done, no pact hello: the journal closes it after its handshake timeout (10 s)
+    // instead of holding the slot for the idle timeout.
+    let mut s = connect_tls(&j.endpoint(), j.tls(), Duration::from_secs(60)).unwrap();
+    let mut sink = Vec::new();
+    let r = s.read_to_end(&mut sink);
+    assert!(r.is_ok() || matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::UnexpectedEof), "{r:?}");
+    assert!(sink.is_empty());
+    // Still serving.
+    append_works(&j, "after-quiet");
+}
