@@ -17,18 +17,23 @@ pub struct DevCredentials {
     pub secret: Vec<u8>,
 }
 
+/// `configured_secret`: the HMAC secret the journal was given (`PACT_OIDC_HMAC_SECRET` or
+/// `[policy.iam] hmac_secret`). When there is one, the admin token is signed with it, so the
+/// token `--dev` hands out is one this journal accepts; otherwise a secret is made and kept.
 pub fn ensure_dev(
     data_dir: &Path,
     ca_cert: &Path,
     endpoint: &str,
     issuer: Option<&str>,
     audience: Option<&str>,
+    configured_secret: Option<&[u8]>,
 ) -> Result<DevCredentials, String> {
     let dir = data_dir.join("dev");
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let secret_path = dir.join("hmac.secret");
-    let secret = match fs::read(&secret_path) {
-        Ok(s) if s.len() >= 32 => s,
+    let secret = match (configured_secret, fs::read(&secret_path)) {
+        (Some(s), _) => s.to_vec(),
+        (None, Ok(s)) if s.len() >= 32 => s,
         _ => {
             let mut s = [0u8; 32];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut s)

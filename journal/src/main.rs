@@ -104,6 +104,17 @@ fn main() -> ExitCode {
     }
 }
 
+fn someone_listens(addr: std::net::SocketAddr) -> bool {
+    let mut target = addr;
+    if addr.ip().is_unspecified() {
+        target.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    std::net::TcpStream::connect_timeout(&target, Duration::from_millis(500)).is_ok()
+}
+
 fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
     for note in &cfg.not_yet_active {
         warn!("configured, not yet active: {note}");
@@ -124,15 +135,24 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
             true => format!("127.0.0.1:{}", cfg.listen_addr.port()),
             false => cfg.listen_addr.to_string(),
         };
-        let dev = dev::ensure_dev(&cfg.data_dir, &tls_files.ca_cert, &endpoint, issuer.as_deref(), audience.as_deref())
-            .map_err(|e| (EXIT_DATA_DIR, e))?;
+        let dev = dev::ensure_dev(
+            &cfg.data_dir,
+            &tls_files.ca_cert,
+            &endpoint,
+            issuer.as_deref(),
+            audience.as_deref(),
+            secret.as_deref(),
+        )
+        .map_err(|e| (EXIT_DATA_DIR, e))?;
         if secret.is_none() {
             secret = Some(dev.secret.clone());
         }
         eprintln!("======================================================================");
         eprintln!(" pact-journal --dev: DEVELOPMENT MODE. NOT FOR PRODUCTION.");
         eprintln!(" Made (or reused) in {}:", dev.dir.display());
-        eprintln!("   hmac.secret  token signing secret (anyone who reads it can mint admin tokens)");
+        if cfg.policy.iam.hmac_secret.is_none() {
+            eprintln!("   hmac.secret  token signing secret (anyone who reads it can mint admin tokens)");
+        }
         eprintln!("   admin.token  a pact-platform-admin token for `{}`, valid 30 days", dev::DEV_ADMIN);
         eprintln!("   ca.crt       the journal's CA certificate");
         eprintln!("   cli.toml     endpoint/token/CA for the `pact` CLI (found from this directory)");
@@ -178,6 +198,18 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
         info!("data dir is empty and --bootstrap was not given: waiting to join through the replicated membership");
     }
 
+    // glommio sets SO_REUSEPORT on every listener, so a second journal on the same port would
+    // bind happily and take a share of the connections. Refuse to start if something already
+    // accepts connections there. (A probe bind would also trip over our own TIME_WAIT sockets
+    // from a previous run, so the probe is a connect.)
+    for addr in std::iter::once(cfg.listen_addr).chain(cfg.metrics_listen) {
+        if someone_listens(addr) {
+            return Err((
+                EXIT_BIND,
+                format!("cannot listen on {addr}: another process already listens there (another pact-journal?)"),
+            ));
+        }
+    }
     sys::block_shutdown_signals();
     let shared = Arc::new(Shared::new(cfg.node_id));
     {

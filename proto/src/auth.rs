@@ -107,7 +107,8 @@ impl HmacVerifier {
 
 fn classify(msg: &str) -> AuthError {
     let lower = msg.to_ascii_lowercase();
-    if lower.contains("base64") || lower.contains("json") || lower.contains("decod") || lower.contains("header") {
+    let malformed = ["base64", "json", "decod", "header", "encoding", "invalid input"];
+    if malformed.iter().any(|m| lower.contains(m)) {
         AuthError::Malformed(msg.to_string())
     } else {
         AuthError::Rejected(msg.to_string())
