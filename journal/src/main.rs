@@ -104,7 +104,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long a port must keep accepting connections before we conclude someone else owns it.
+const PORT_PROBE_FOR: Duration = Duration::from_secs(3);
+
 fn someone_listens(addr: std::net::SocketAddr) -> bool {
+    let until = std::time::Instant::now() + PORT_PROBE_FOR;
+    while accepts(addr) {
+        if std::time::Instant::now() > until {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn accepts(addr: std::net::SocketAddr) -> bool {
     let mut target = addr;
     if addr.ip().is_unspecified() {
         target.set_ip(match addr {
@@ -199,9 +213,11 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
     }
 
     // glommio sets SO_REUSEPORT on every listener, so a second journal on the same port would
-    // bind happily and take a share of the connections. Refuse to start if something already
-    // accepts connections there. (A probe bind would also trip over our own TIME_WAIT sockets
-    // from a previous run, so the probe is a connect.)
+    // bind happily and take a share of the connections. Refuse to start if something keeps
+    // accepting connections there. (A probe bind would trip over our own TIME_WAIT sockets from
+    // a previous run, so the probe is a connect; and a listener whose process just exited can
+    // linger for a moment while the kernel tears down its io_uring, so one accepted probe is
+    // not enough: the port must keep accepting for `PORT_PROBE_FOR`.)
     for addr in std::iter::once(cfg.listen_addr).chain(cfg.metrics_listen) {
         if someone_listens(addr) {
             return Err((

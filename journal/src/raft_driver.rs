@@ -42,6 +42,11 @@ pub struct Driver {
     /// Result channels to shards 1..N (index = shard id - 1).
     pub remote_results: Vec<ConnectedSender<(u64, Outcome)>>,
     last_role: StateRole,
+    /// Entries the last round learned are committed (the light ready), with the commit index
+    /// that covers them: applied in the next round's transaction, together with that round's
+    /// log append, so a busy journal pays one LMDB commit per round instead of two.
+    pending_apply: Vec<Entry>,
+    pending_commit: Option<u64>,
 }
 
 pub fn raft_config(id: u64, applied: u64) -> raft::Config {
@@ -70,7 +75,16 @@ impl Driver {
         cfg.validate().map_err(|e| format!("raft config: {e}"))?;
         let node = RawNode::new(&cfg, RaftStorage { store: store.clone() }, &crate::log::raft_logger())
             .map_err(|e| format!("raft: {e}"))?;
-        Ok(Driver { node, store, shared, local, remote_results, last_role: StateRole::Follower })
+        Ok(Driver {
+            node,
+            store,
+            shared,
+            local,
+            remote_results,
+            last_role: StateRole::Follower,
+            pending_apply: Vec::new(),
+            pending_commit: None,
+        })
     }
 
     pub async fn run(mut self, inbox: LocalReceiver<Proposal>) {
@@ -88,15 +102,22 @@ impl Driver {
             if self.shared.is_shutting_down() {
                 break;
             }
-            let left = TICK.saturating_sub(last_tick.elapsed());
             let mut batch = 0usize;
-            match glommio::timer::timeout(left.max(Duration::from_millis(1)), async { Ok(inbox.recv().await) }).await {
-                Ok(Some(p)) => {
-                    self.propose(p);
-                    batch += 1;
+            // With committed entries waiting to be applied, go straight to the next round
+            // (taking whatever proposals are already queued); otherwise wait for a proposal
+            // or the next tick.
+            if self.pending_apply.is_empty() && self.pending_commit.is_none() {
+                let left = TICK.saturating_sub(last_tick.elapsed());
+                match glommio::timer::timeout(left.max(Duration::from_millis(1)), async { Ok(inbox.recv().await) })
+                    .await
+                {
+                    Ok(Some(p)) => {
+                        self.propose(p);
+                        batch += 1;
+                    }
+                    Ok(None) => break,
+                    Err(_) => {}
                 }
-                Ok(None) => break,
-                Err(_) => {}
             }
             while batch < MAX_BATCH {
                 match poll_once(inbox.recv()).await {
@@ -160,54 +181,84 @@ impl Driver {
         }
     }
 
+    /// One round of the Ready contract, in one LMDB transaction (one durable commit):
+    /// apply what the previous round learned is committed (already durable in the log), apply
+    /// this Ready's committed entries, append this Ready's entries and persist its hard state.
+    /// Then advance; the light ready's committed entries wait for the next round, which the
+    /// run loop starts without waiting.
     async fn on_ready(&mut self) -> Result<(), String> {
-        if !self.node.has_ready() {
+        let has_ready = self.node.has_ready();
+        if !has_ready && self.pending_apply.is_empty() && self.pending_commit.is_none() {
             self.publish();
             return Ok(());
         }
-        let mut rd = self.node.ready();
-        if !rd.messages().is_empty() {
-            self.send_messages(rd.take_messages());
+        let mut to_apply = std::mem::take(&mut self.pending_apply);
+        let mut commit = self.pending_commit.take();
+        let mut append = Vec::new();
+        let mut hs: Option<HardState> = None;
+        let mut rd = None;
+        if has_ready {
+            let mut r = self.node.ready();
+            if !r.messages().is_empty() {
+                self.send_messages(r.take_messages());
+            }
+            if !r.snapshot().is_empty() {
+                return Err("received a snapshot, which a single-voter journal never does".into());
+            }
+            to_apply.extend(r.take_committed_entries());
+            append = r.take_entries();
+            hs = r.hs().cloned();
+            rd = Some(r);
         }
-        if !rd.snapshot().is_empty() {
-            return Err("received a snapshot, which a single-voter journal never does".into());
+        // The commit index that covers every entry applied in this transaction is persisted in
+        // it too, so a restart never finds applied > committed.
+        if let Some(c) = commit.take() {
+            let mut h = hs.take().unwrap_or_else(|| self.node.raft.hard_state());
+            h.commit = h.commit.max(c);
+            hs = Some(h);
         }
-        let committed = rd.take_committed_entries();
-        self.apply(committed, None).await?;
-
-        let entries = rd.take_entries();
-        let hs = rd.hs().cloned();
-        if !entries.is_empty() || hs.is_some() {
-            let store = self.store.clone();
-            glommio::executor()
-                .spawn_blocking(move || store.persist_ready(&entries, hs.as_ref(), None))
-                .await
-                .map_err(|e| format!("persisting raft log: {e}"))?;
+        let last_applied = to_apply.last().map(|e| e.index);
+        self.persist_and_apply(to_apply, append, hs).await?;
+        if let Some(i) = last_applied {
+            self.node.advance_apply_to(i);
         }
-        if !rd.persisted_messages().is_empty() {
-            self.send_messages(rd.take_persisted_messages());
+        if let Some(r) = rd {
+            if !r.persisted_messages().is_empty() {
+                let mut r = r;
+                self.send_messages(r.take_persisted_messages());
+                self.advance(r);
+            } else {
+                self.advance(r);
+            }
         }
-        let mut light = self.node.advance(rd);
-        let commit_hs = light.commit_index().map(|c| {
-            let mut hs: HardState = self.node.raft.hard_state();
-            hs.commit = c;
-            hs
-        });
-        if !light.messages().is_empty() {
-            self.send_messages(light.take_messages());
-        }
-        let committed = light.take_committed_entries();
-        self.apply(committed, commit_hs).await?;
-        self.node.advance_apply();
         Shared::inc(&self.shared.ready_rounds_total);
         self.publish();
         Ok(())
     }
 
-    /// Applies committed entries (and persists a commit-index update) in one transaction,
-    /// then answers the proposers on this replica.
-    async fn apply(&mut self, entries: Vec<Entry>, hs: Option<HardState>) -> Result<(), String> {
-        if entries.is_empty() && hs.is_none() {
+    fn advance(&mut self, rd: raft::Ready) {
+        let mut light = self.node.advance(rd);
+        if let Some(c) = light.commit_index() {
+            self.pending_commit = Some(c);
+        }
+        if !light.messages().is_empty() {
+            self.send_messages(light.take_messages());
+        }
+        self.pending_apply.extend(light.take_committed_entries());
+        if !self.pending_apply.is_empty() && self.pending_commit.is_none() {
+            self.pending_commit = Some(self.node.raft.raft_log.committed);
+        }
+    }
+
+    /// One transaction: apply committed entries, append new ones, persist the hard state.
+    /// Then answers the proposers on this replica and applies conf changes to raft-rs.
+    async fn persist_and_apply(
+        &mut self,
+        apply: Vec<Entry>,
+        append: Vec<Entry>,
+        hs: Option<HardState>,
+    ) -> Result<(), String> {
+        if apply.is_empty() && append.is_empty() && hs.is_none() {
             return Ok(());
         }
         let store = self.store.clone();
@@ -216,7 +267,7 @@ impl Driver {
                 let mut w = store.write_txn().map_err(|e| e.to_string())?;
                 let mut results = Vec::new();
                 let mut confs = Vec::new();
-                for e in entries {
+                for e in apply {
                     match e.get_entry_type() {
                         EntryType::EntryNormal if e.data.is_empty() => {
                             state::apply(&store, &mut w, e.index, None).map_err(|x| x.to_string())?;
@@ -236,9 +287,7 @@ impl Driver {
                         }
                     }
                 }
-                if let Some(hs) = hs {
-                    store.write_raft(&mut w, &[], Some(&hs), None).map_err(|x| x.to_string())?;
-                }
+                store.write_raft(&mut w, &append, hs.as_ref(), None).map_err(|x| x.to_string())?;
                 w.commit().map_err(|x| x.to_string())?;
                 Ok((results, confs))
             })

@@ -9,8 +9,21 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A loopback port no one listens on, below the kernel's ephemeral range (32768+), handed
+/// out once per test process: a port from `bind(:0)` can be handed to another test the moment
+/// its first user closes it, and a journal restarting on "its" port would then find a stranger.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ =
+        NEXT.compare_exchange(0, 10_000 + (std::process::id() % 1000) as u16 * 20, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(p < 32_000, "ran out of test ports");
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            return p;
+        }
+    }
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {
