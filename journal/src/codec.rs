@@ -6,12 +6,22 @@
 //! | database      | key                                         | value                                   |
 //! |---------------|---------------------------------------------|-----------------------------------------|
 //! | `raft_log`    | raft index, u64 big-endian (8 bytes)         | `eraftpb::Entry`, rust-protobuf bytes   |
-//! | `raft_meta`   | ASCII name: `hard_state`, `conf_state`, `first_index`, `bootstrapped` | protobuf bytes / u64 BE |
+//! | `raft_meta`   | ASCII name: `hard_state`, `conf_state`, `first_index`, `bootstrapped`, `snapshot_index`, `snapshot_term` | protobuf bytes / u64 BE |
 //! | `state_meta`  | ASCII name: `applied_index`, `next_sequence`, `last_ts`, `partitions` | u64 BE (`last_ts`: i64 BE secs + u32 BE nanos) |
 //! | `entries`     | sequence, u64 big-endian                     | `pact.config.ConfigEntry`, prost bytes  |
 //! | `entry_scope` | scope tag (1 byte) + scope id + 0x00 + sequence u64 BE | empty                      |
 //! | `overlays`    | vCluster id, UTF-8                           | `pact.journal.OverlayRecord`, prost     |
 //! | `nodes.<p>`   | node id, UTF-8                               | `pact.config.NodeConfigState`, prost    |
+//! | `members`     | raft node id, u64 big-endian                 | `pact.journal.Member`, prost            |
+//!
+//! The raft log holds entries `first_index..=last`; everything before was compacted into the
+//! latest snapshot, whose index and term are `snapshot_index`/`snapshot_term` (raft needs the
+//! term of the entry just before the log start).
+//!
+//! Snapshot data (what raft ships to a lagging or new replica) is the applied state as a
+//! sequence of records, each `kind u8 | key_len u32 BE | key | value_len u32 BE | value`, in
+//! this order: kind 1 `state_meta`, 2 `entries`, 3 `entry_scope`, 4 `overlays`, 5 `members`,
+//! 6 node states (key = node id, so the receiver re-partitions them over its own `nodes.<p>`).
 //!
 //! Big-endian integers make LMDB's lexicographic key order equal numeric order, so ranges
 //! and "newest first" are plain cursor walks. Per-node data is split over `partitions`
@@ -29,6 +39,45 @@ pub const DB_STATE_META: &str = "state_meta";
 pub const DB_ENTRIES: &str = "entries";
 pub const DB_ENTRY_SCOPE: &str = "entry_scope";
 pub const DB_OVERLAYS: &str = "overlays";
+pub const DB_MEMBERS: &str = "members";
+
+pub const KEY_SNAPSHOT_INDEX: &[u8] = b"snapshot_index";
+pub const KEY_SNAPSHOT_TERM: &[u8] = b"snapshot_term";
+
+/// Record kinds in snapshot data.
+pub const SNAP_STATE_META: u8 = 1;
+pub const SNAP_ENTRIES: u8 = 2;
+pub const SNAP_ENTRY_SCOPE: u8 = 3;
+pub const SNAP_OVERLAYS: u8 = 4;
+pub const SNAP_MEMBERS: u8 = 5;
+pub const SNAP_NODE_STATE: u8 = 6;
+
+pub fn put_snapshot_record(out: &mut Vec<u8>, kind: u8, key: &[u8], value: &[u8]) {
+    out.push(kind);
+    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    out.extend_from_slice(key);
+    out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+    out.extend_from_slice(value);
+}
+
+/// Splits snapshot data into records; None if the bytes are not a whole number of records.
+/// One snapshot record: (kind, key, value).
+pub type SnapshotRecord<'a> = (u8, &'a [u8], &'a [u8]);
+
+pub fn snapshot_records(mut data: &[u8]) -> Option<Vec<SnapshotRecord<'_>>> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let kind = *data.first()?;
+        let klen = u32::from_be_bytes(data.get(1..5)?.try_into().ok()?) as usize;
+        let key = data.get(5..5 + klen)?;
+        let rest = data.get(5 + klen..)?;
+        let vlen = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let value = rest.get(4..4 + vlen)?;
+        out.push((kind, key, value));
+        data = rest.get(4 + vlen..)?;
+    }
+    Some(out)
+}
 
 pub const KEY_HARD_STATE: &[u8] = b"hard_state";
 pub const KEY_CONF_STATE: &[u8] = b"conf_state";
@@ -132,6 +181,20 @@ mod tests {
         assert_eq!(partition_of("node-0001", 4), partition_of("node-0001", 4));
         assert!(partition_of("x", 3) < 3);
         assert_eq!(partition_of("anything", 1), 0);
+    }
+
+    #[test]
+    fn snapshot_records_round_trip_and_reject_truncation() {
+        let mut d = Vec::new();
+        put_snapshot_record(&mut d, SNAP_ENTRIES, b"k1", b"v1");
+        put_snapshot_record(&mut d, SNAP_MEMBERS, b"", b"value two");
+        let r = snapshot_records(&d).unwrap();
+        assert_eq!(r, vec![(SNAP_ENTRIES, &b"k1"[..], &b"v1"[..]), (SNAP_MEMBERS, &b""[..], &b"value two"[..])]);
+        let boundary = 1 + 4 + 2 + 4 + 2;
+        for cut in (1..d.len()).filter(|c| *c != boundary) {
+            assert!(snapshot_records(&d[..cut]).is_none(), "cut at {cut}");
+        }
+        assert_eq!(snapshot_records(&d[..boundary]).unwrap().len(), 1);
     }
 
     #[test]

@@ -32,9 +32,6 @@ pub const DEV_LISTEN: &str = "127.0.0.1:9443";
 pub const DEV_METRICS_LISTEN: &str = "127.0.0.1:9091";
 pub const DEV_DATA_DIR: &str = ".pact-dev";
 
-/// Why multi-node settings are accepted but not yet used.
-const QUORUM_NOTE: &str = "multi-node Raft arrives with the quorum issue";
-
 pub const USAGE: &str = "\
 pact-journal: pact's Raft-replicated configuration and audit journal
 
@@ -52,6 +49,8 @@ Options:
   --peers LIST           journal nodes as 1=host:9443,2=host:9443 [env PACT_JOURNAL_PEERS]
   --metrics-listen ADDR  Prometheus metrics address [env PACT_JOURNAL_METRICS_LISTEN;
                          telemetry.prometheus_listen; default 0.0.0.0:9091]
+  --raft-listen ADDR     Raft peer port [env PACT_JOURNAL_RAFT_LISTEN; default: the listen
+                         address's IP with this node's members port, else listen port + 1]
   --cores N              executor threads [default: online CPUs]
   --bootstrap            initialise a new Raft cluster (first start of node 1 only; never on
                          restarts or on other nodes)
@@ -77,6 +76,7 @@ pub struct Flags {
     pub node_id: Option<u64>,
     pub peers: Option<String>,
     pub metrics_listen: Option<String>,
+    pub raft_listen: Option<String>,
     /// Already checked to be a positive integer by [`parse_args`].
     pub cores: Option<usize>,
     pub bootstrap: bool,
@@ -133,6 +133,10 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation
                 let v = flag_string(&mut parser, "--metrics-listen")?;
                 set_once(&mut flags.metrics_listen, v, "--metrics-listen")?;
             }
+            Long("raft-listen") => {
+                let v = flag_string(&mut parser, "--raft-listen")?;
+                set_once(&mut flags.raft_listen, v, "--raft-listen")?;
+            }
             Long("cores") => {
                 let v = flag_string(&mut parser, "--cores")?;
                 let n = positive(&v)
@@ -151,6 +155,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation
                     "node-id",
                     "peers",
                     "metrics-listen",
+                    "raft-listen",
                     "cores",
                     "bootstrap",
                     "dev",
@@ -404,6 +409,12 @@ pub struct JournalConfig {
     /// `telemetry.prometheus_enabled` (default true); None = no metrics listener. An explicit
     /// flag or variable turns metrics on even when the file disables them.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the Raft peer port listens: `--raft-listen`, `PACT_JOURNAL_RAFT_LISTEN`, else
+    /// resolved at start-up (see ARCHITECTURE.md, "Peer addresses").
+    pub raft_listen: Option<SocketAddr>,
+    /// `[journal.raft] learners` ("id:host:port" Raft addresses): non-voting replicas the
+    /// founding journal adds after the voters.
+    pub learners: Vec<Peer>,
     /// Executor threads: `--cores`, else the number of online CPUs.
     pub cores: usize,
     pub bootstrap: bool,
@@ -474,6 +485,8 @@ fn load_with_default(
             loki_endpoint: None,
         },
         metrics_listen: None,
+        raft_listen: None,
+        learners: Vec::new(),
         cores: 1,
         bootstrap: flags.bootstrap,
         dev: flags.dev,
@@ -531,6 +544,18 @@ fn load_with_default(
                 format!("expected a socket address like \"0.0.0.0:9091\", found {v:?}"),
             )
         })?);
+    }
+    for (v, what) in [(env("PACT_JOURNAL_RAFT_LISTEN"), "env"), (flags.raft_listen.clone(), "flag")] {
+        let Some(v) = v.filter(|v| !v.trim().is_empty()) else { continue };
+        let parsed = v.trim().parse().map_err(|_| {
+            let msg = format!("expected a socket address like 0.0.0.0:9444, found {v:?}");
+            if what == "env" {
+                ConfigError::env("PACT_JOURNAL_RAFT_LISTEN", msg)
+            } else {
+                ConfigError::flag("--raft-listen", msg)
+            }
+        })?;
+        cfg.raft_listen = Some(parsed);
     }
     if let Some(v) = &flags.metrics_listen {
         cfg.metrics_listen = Some(v.trim().parse().map_err(|_| {
@@ -616,7 +641,8 @@ fn load_with_default(
     if !cfg.peers.is_empty() && !cfg.peers.iter().any(|p| p.id == node_id) {
         return Err(id_error(format!("node id {node_id} is not in {peers_from} (ids {})", ids(&cfg.peers))));
     }
-    if !cfg.members.is_empty() && !cfg.members.iter().any(|p| p.id == node_id) {
+    let learner = cfg.learners.iter().any(|p| p.id == node_id);
+    if !cfg.members.is_empty() && !learner && !cfg.members.iter().any(|p| p.id == node_id) {
         return Err(id_error(format!("node id {node_id} is not in journal.raft.members (ids {})", ids(&cfg.members))));
     }
 
@@ -642,12 +668,13 @@ fn load_with_default(
         }
     }
 
-    // Multi-node settings are accepted now so deployment files need no edits later.
-    if cfg.members.len() > 1 {
-        cfg.not_yet_active.insert(0, format!("journal.raft.members ({} voters: {QUORUM_NOTE})", cfg.members.len()));
-    }
-    if cfg.peers.len() > 1 {
-        cfg.not_yet_active.insert(0, format!("{peers_from} ({} peers: {QUORUM_NOTE})", cfg.peers.len()));
+    if let Some(l) = cfg.learners.iter().find(|l| cfg.members.iter().any(|m| m.id == l.id)) {
+        return Err(ConfigError::new(
+            cfg.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            None,
+            "journal.raft.learners",
+            format!("node {} is listed both as a member (voter) and as a learner", l.id),
+        ));
     }
     Ok(cfg)
 }
@@ -673,7 +700,16 @@ fn read_file(
         }
 
         if let Some(r) = j.section("raft")? {
-            r.check_keys(&["members", "snapshot_interval", "election_tick", "heartbeat_tick"])?;
+            r.check_keys(&["members", "learners", "snapshot_interval", "election_tick", "heartbeat_tick"])?;
+            if let Some(field) = r.get("learners") {
+                for e in field.array()? {
+                    let learner = parse_member(&e.string()?).map_err(|m| e.error(m))?;
+                    if cfg.learners.iter().any(|m| m.id == learner.id) {
+                        return Err(e.error(format!("node id {} appears more than once", learner.id)));
+                    }
+                    cfg.learners.push(learner);
+                }
+            }
             if let Some(field) = r.get("members") {
                 *members_at = Some((file.path().to_string(), field.line()));
                 if field.value().and_then(|v| v.as_array()).is_none() {
@@ -742,8 +778,15 @@ fn read_file(
             if let Some(n) = e.u64("heartbeat_timeout_seconds", 1..=u64::MAX)? {
                 en.heartbeat_timeout_seconds = n;
             }
-            if !e.is_empty() {
-                inactive.push("journal.enrollment.*".to_string());
+            // ca_cert/ca_key are active (the cluster CA for journal TLS); the rest is enrollment.
+            if ["cert_lifetime_seconds", "rate_limit_per_minute", "heartbeat_timeout_seconds"]
+                .iter()
+                .any(|k| e.contains(k))
+            {
+                inactive.push(
+                    "journal.enrollment.cert_lifetime_seconds/rate_limit_per_minute/heartbeat_timeout_seconds"
+                        .to_string(),
+                );
             }
         }
     }
@@ -949,7 +992,6 @@ loki_endpoint = "http://loki.mgmt:3100/loki/api/v1/push"
         assert_eq!(
             cfg.not_yet_active,
             vec![
-                "journal.raft.members (3 voters: multi-node Raft arrives with the quorum issue)",
                 "journal.streaming.max_concurrent_boot_streams",
                 "policy.enabled",
                 "policy.engine.*",
@@ -970,10 +1012,7 @@ loki_endpoint = "http://loki.mgmt:3100/loki/api/v1/push"
         let cfg = load_text(GUIDE_JOURNAL_TOML, Flags::default(), &env).unwrap();
         assert_eq!(cfg.peers.len(), 3);
         assert_eq!(cfg.peers[1].to_string(), "2=journal-2:9443");
-        assert_eq!(
-            cfg.not_yet_active[0],
-            "PACT_JOURNAL_PEERS (3 peers: multi-node Raft arrives with the quorum issue)"
-        );
+        assert!(cfg.not_yet_active.iter().all(|n| !n.contains("PEERS") && !n.contains("members")));
     }
 
     #[test]
@@ -1094,7 +1133,14 @@ prometheus_enabled = false
         assert!(!format!("{:?}", cfg.policy.iam).contains("s3cret"));
         assert_eq!(cfg.policy.federation.sync_interval_seconds, 60);
         assert_eq!(cfg.metrics_listen, None);
-        assert_eq!(cfg.not_yet_active, vec!["journal.enrollment.*", "policy.iam.jwks_url", "policy.federation.*"]);
+        assert_eq!(
+            cfg.not_yet_active,
+            vec![
+                "journal.enrollment.cert_lifetime_seconds/rate_limit_per_minute/heartbeat_timeout_seconds",
+                "policy.iam.jwks_url",
+                "policy.federation.*"
+            ]
+        );
         // Metrics off in the file, but asked for explicitly.
         let flags = Flags { dev: true, metrics_listen: Some("127.0.0.1:9999".into()), ..Flags::default() };
         let cfg = load_text(text, flags, &[]).unwrap();
@@ -1321,6 +1367,7 @@ prometheus_listen = "10.0.0.1:2001"
                 node_id: Some(3),
                 peers: Some("3=h:1".into()),
                 metrics_listen: Some("127.0.0.1:2".into()),
+                raft_listen: None,
                 cores: Some(2),
                 bootstrap: true,
                 dev: true,

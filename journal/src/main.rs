@@ -11,26 +11,13 @@
 //! | 4    | data dir problem: locked, `--bootstrap` refused, store unreadable |
 //! | 5    | cannot bind a listening port                                    |
 
-mod codec;
-mod config;
-mod dev;
-mod http;
-mod log;
-mod pki;
-mod raft_driver;
-mod rpc;
-mod server;
-mod shard;
-mod shared;
-mod state;
-mod store;
-mod sys;
+use pact_journal::{cluster, config, dev, error, http, info, log, peer, pki, raft_driver, server, shard, sys, warn};
 
-use crate::shard::{Outcome, Proposal, ProposalTx, Shard};
-use crate::shared::Shared;
-use crate::store::Store;
 use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
+use pact_journal::shard::{Outcome, Proposal, ProposalTx, Shard};
+use pact_journal::shared::Shared;
+use pact_journal::store::Store;
 use pact_proto::auth::{HmacVerifier, DEFAULT_AUDIENCE};
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -136,11 +123,34 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| (EXIT_DATA_DIR, format!("{}: {e}", cfg.data_dir.display())))?;
     let _lock = sys::lock_data_dir(&cfg.data_dir).map_err(|e| (EXIT_DATA_DIR, e))?;
 
-    // TLS material (made once, reused) and, with --dev, the development token secret.
-    let listen_host = cfg.listen_addr.ip().to_string();
-    let tls_files = pki::ensure_tls(&cfg.data_dir, &[pki::hostname(), listen_host]).map_err(|e| (EXIT_DATA_DIR, e))?;
+    let cluster = cluster::resolve(&cfg).map_err(|e| (EXIT_CONFIG, e))?;
+    // TLS: the cluster CA (or one of our own for a lone journal) and this start's node certificate.
+    let cluster_ca = cluster::cluster_ca(&cfg);
+    if cluster_ca.is_none() && cluster.all.len() > 1 {
+        return Err((
+            EXIT_CONFIG,
+            "several journals need one CA to trust each other: set [journal.enrollment] ca_cert and ca_key, \
+             or PACT_CA_CERT and PACT_CA_KEY, or lay out /etc/pact/ca/ca.crt and ca.key (images/deploy/setup-ca.sh)"
+                .into(),
+        ));
+    }
+    let mut names = vec![pki::hostname(), cfg.listen_addr.ip().to_string()];
+    names.extend(cluster.me.iter().map(|m| pact_journal::cluster::host_of(&m.raft_addr)));
+    let tls_files = pki::ensure_tls(
+        &cfg.data_dir,
+        cfg.node_id,
+        &names,
+        cluster_ca.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+    )
+    .map_err(|e| (EXIT_DATA_DIR, e))?;
     let tls = pact_proto::tls::server_config(&tls_files.server_cert, &tls_files.server_key)
         .map_err(|e| (EXIT_CONFIG, e.to_string()))?;
+    let peer_server_tls =
+        pact_proto::tls::mtls_server_config(&tls_files.server_cert, &tls_files.server_key, &tls_files.ca_cert)
+            .map_err(|e| (EXIT_CONFIG, e.to_string()))?;
+    let peer_client_tls =
+        pact_proto::tls::mtls_client_config(&tls_files.server_cert, &tls_files.server_key, &tls_files.ca_cert)
+            .map_err(|e| (EXIT_CONFIG, e.to_string()))?;
     let issuer = cfg.policy.iam.oidc_issuer.clone();
     let audience = cfg.policy.iam.oidc_audience.clone();
     let mut secret = cfg.policy.iam.hmac_secret.clone().map(String::into_bytes);
@@ -191,8 +201,8 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
 
     let store = Store::open(&cfg.data_dir, cfg.cores as u32).map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
     let bootstrapped = store.is_bootstrapped().map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
-    let voters: Vec<u64> =
-        if cfg.members.is_empty() { vec![cfg.node_id] } else { cfg.members.iter().map(|m| m.id).collect() };
+    let me = cluster.me.clone().unwrap_or_else(|| cluster::lone_member(&cfg, cluster.raft_listen));
+    let mut invite = Vec::new();
     if bootstrapped {
         if cfg.bootstrap {
             return Err((
@@ -203,11 +213,13 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
                 ),
             ));
         }
-    } else if cfg.bootstrap || cfg.dev || voters == [cfg.node_id] {
-        // A one-voter membership is created implicitly (there is nobody else to agree with);
-        // a multi-voter one only with --bootstrap, on exactly one node.
-        store.bootstrap(&voters).map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
-        info!("bootstrapped a new journal with voters {voters:?}");
+    } else if cfg.bootstrap || cfg.dev || cluster.all.len() <= 1 {
+        // The founding journal: a membership of itself, then it invites the configured others
+        // as voters (and learners) through replicated conf changes once it leads. A lone
+        // journal needs no --bootstrap: there is nobody else to agree with.
+        store.bootstrap(&me).map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
+        invite = cluster.all.iter().filter(|m| m.id != cfg.node_id).cloned().collect();
+        info!("bootstrapped a new journal: founding member {} ({} more to invite)", me.id, invite.len());
     } else {
         info!("data dir is empty and --bootstrap was not given: waiting to join through the replicated membership");
     }
@@ -218,7 +230,7 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
     // a previous run, so the probe is a connect; and a listener whose process just exited can
     // linger for a moment while the kernel tears down its io_uring, so one accepted probe is
     // not enough: the port must keep accepting for `PORT_PROBE_FOR`.)
-    for addr in std::iter::once(cfg.listen_addr).chain(cfg.metrics_listen) {
+    for addr in [cfg.listen_addr, cluster.raft_listen].into_iter().chain(cfg.metrics_listen) {
         if someone_listens(addr) {
             return Err((
                 EXIT_BIND,
@@ -256,7 +268,13 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
     }
     let (ready_tx, ready_rx) = mpsc::channel::<Result<u32, (u8, String)>>();
     let mut handles = Vec::new();
-    let mut raft_side = Some((prop_rx, res_tx));
+    let driver_cfg = raft_driver::DriverConfig {
+        snapshot_interval: cfg.raft.snapshot_interval,
+        configured_peers: cluster.all.iter().map(|m| (m.id, m.raft_addr.clone())).collect(),
+        invite,
+    };
+    let mut raft_side = Some((prop_rx, res_tx, peer_server_tls, peer_client_tls, driver_cfg));
+    let raft_listen = cluster.raft_listen;
     for id in 0..cores as u32 {
         // One shard per allowed CPU; more shards than CPUs run unpinned.
         let placement = match allowed.get(id as usize) {
@@ -282,9 +300,19 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
                         return;
                     }
                 };
-                if let Some((prop_rx, res_tx)) = raft_parts {
-                    let (local_tx, inbox) = glommio::channels::local_channel::new_bounded(shard::PROPOSAL_QUEUE);
+                if let Some((prop_rx, res_tx, peer_server_tls, peer_client_tls, driver_cfg)) = raft_parts {
+                    let (local_tx, inbox) = glommio::channels::local_channel::new_bounded(raft_driver::INBOX);
                     let local_tx = Rc::new(local_tx);
+                    let raft_listener = match server::bind(raft_listen) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready.send(Err((EXIT_BIND, format!("cannot listen on {raft_listen} (raft): {e}"))));
+                            return;
+                        }
+                    };
+                    glommio::spawn_local(peer::serve(raft_listener, peer_server_tls, local_tx.clone(), shared.clone()))
+                        .detach();
+                    let peers = peer::Peers::new(shared.node_id, peer_client_tls, local_tx.clone(), shared.clone());
                     let me = Rc::new(Shard::new(
                         0,
                         store.clone(),
@@ -298,7 +326,7 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
                         glommio::spawn_local(async move {
                             let rx = rx.connect().await;
                             while let Some(p) = rx.recv().await {
-                                if fwd.send(p).await.is_err() {
+                                if fwd.send(raft_driver::Input::Proposal(p)).await.is_err() {
                                     break;
                                 }
                             }
@@ -309,13 +337,14 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
                     for tx in res_tx {
                         results.push(tx.connect().await);
                     }
-                    let driver = match raft_driver::Driver::new(store, shared.clone(), me.clone(), results) {
-                        Ok(d) => d,
-                        Err(e) => {
-                            let _ = ready.send(Err((EXIT_DATA_DIR, e)));
-                            return;
-                        }
-                    };
+                    let driver =
+                        match raft_driver::Driver::new(store, shared.clone(), me.clone(), results, peers, driver_cfg) {
+                            Ok(d) => d,
+                            Err(e) => {
+                                let _ = ready.send(Err((EXIT_DATA_DIR, e)));
+                                return;
+                            }
+                        };
                     if let Some(addr) = metrics_listen {
                         match server::bind(addr) {
                             Ok(l) => {

@@ -1,52 +1,69 @@
-//! The raft shard's driver: one loop in the raft-rs `Ready` contract. Each round it takes a
-//! batch of proposals, ticks the clock, then handles one `Ready`: messages, snapshot,
-//! committed entries (applied), new entries and hard state (persisted, fsynced), advance,
-//! then the light ready's commit index and committed entries. LMDB writes run on the
-//! executor's blocking pool so the reactor keeps serving clients.
+//! The raft shard's driver: one loop over the raft-rs `Ready` contract (`replica.rs`), with
+//! LMDB for durability and the peer port for messages. Each round it takes a batch of
+//! inputs (client proposals, membership changes, read barriers, peer messages), ticks the
+//! clock, then runs one replica round: messages that may go out at once, one LMDB
+//! transaction (snapshot install, apply, append, hard state, conf state) on the executor's
+//! blocking pool, advance, then the messages that needed the round to be durable.
 //!
-//! This issue runs a single voter: there is no peer to send messages to yet, and the loop
-//! counts any message it would send as a peer error. Peers arrive with the quorum issue and
-//! only add a transport: every write already goes proposal → log → apply.
+//! The same loop runs a single voter and a quorum member: peers only add a transport.
 
-use crate::shard::{Outcome, Proposal, Shard};
+use crate::peer::Peers;
+use crate::replica::{decode_entry, Decoded, Replica, Round};
+use crate::shard::{Ask, Outcome, Proposal, Shard};
 use crate::shared::{Shared, ROLE_CANDIDATE, ROLE_FOLLOWER, ROLE_LEADER, ROLE_PRE_CANDIDATE, ROLE_SHUTDOWN};
-use crate::state;
-use crate::store::{RaftStorage, Store};
+use crate::state::{self, Input as StateInput};
+use crate::store::{LmdbState, RaftStorage, Store};
 use crate::{debug, error, info, warn};
 use futures_lite::future::poll_once;
 use glommio::channels::local_channel::LocalReceiver;
 use glommio::channels::shared_channel::ConnectedSender;
-use pact_proto::journal::{ApplyResult, Command};
+use pact_proto::journal::{ApplyResult, Command, Member, MembershipAction};
 use prost::Message as _;
-use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, HardState, Message};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{ConfChange, ConfChangeType, Message};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// What one apply transaction produced: results to route, and conf changes for raft-rs.
-type Applied = (Vec<(Command, ApplyResult)>, Vec<Entry>);
-
 pub const TICK: Duration = Duration::from_millis(100);
-/// Most proposals taken into one Ready round (one fsync).
+/// Most inputs taken into one round (one durable commit).
 pub const MAX_BATCH: usize = 1024;
+/// Inputs queued for the driver (proposals from every shard, peer messages).
+pub const INBOX: usize = 8192;
+
+/// Everything the driver reacts to.
+pub enum Input {
+    Proposal(Proposal),
+    Raft(Box<Message>),
+    /// A peer link failed; raft should slow down towards it.
+    Unreachable(u64),
+    /// A snapshot message to a peer was written (true) or lost (false).
+    SnapshotDone(u64, bool),
+}
+
+pub struct DriverConfig {
+    pub snapshot_interval: u64,
+    /// Raft addresses known from configuration (the founder needs them to invite members; a
+    /// joining journal needs them to answer before it has the replicated address book).
+    pub configured_peers: Vec<(u64, String)>,
+    /// On the founding start: the other members to add once this journal leads.
+    pub invite: Vec<Member>,
+}
 
 pub struct Driver {
-    pub node: RawNode<RaftStorage>,
-    pub store: Store,
-    pub shared: Arc<Shared>,
-    /// The raft shard's own handlers.
-    pub local: Rc<Shard>,
-    /// Result channels to shards 1..N (index = shard id - 1).
-    pub remote_results: Vec<ConnectedSender<(u64, Outcome)>>,
+    replica: Replica<RaftStorage>,
+    store: Store,
+    shared: Arc<Shared>,
+    local: Rc<Shard>,
+    remote_results: Vec<ConnectedSender<(u64, Outcome)>>,
+    peers: Peers,
+    cfg: DriverConfig,
     last_role: StateRole,
-    /// Entries the last round learned are committed (the light ready), with the commit index
-    /// that covers them: applied in the next round's transaction, together with that round's
-    /// log append, so a busy journal pays one LMDB commit per round instead of two.
-    pending_apply: Vec<Entry>,
-    pending_commit: Option<u64>,
+    /// Read barriers waiting for the applied index to reach their read index.
+    reads: BTreeMap<u64, Vec<(u32, u64)>>,
+    last_compacted: u64,
 }
 
 pub fn raft_config(id: u64, applied: u64) -> raft::Config {
@@ -63,39 +80,78 @@ pub fn raft_config(id: u64, applied: u64) -> raft::Config {
     }
 }
 
+fn read_ctx(shard: u32, id: u64) -> Vec<u8> {
+    let mut v = shard.to_be_bytes().to_vec();
+    v.extend_from_slice(&id.to_be_bytes());
+    v
+}
+
+fn parse_read_ctx(b: &[u8]) -> Option<(u32, u64)> {
+    Some((u32::from_be_bytes(b.get(..4)?.try_into().ok()?), u64::from_be_bytes(b.get(4..12)?.try_into().ok()?)))
+}
+
 impl Driver {
     pub fn new(
         store: Store,
         shared: Arc<Shared>,
         local: Rc<Shard>,
         remote_results: Vec<ConnectedSender<(u64, Outcome)>>,
+        peers: Peers,
+        cfg: DriverConfig,
     ) -> Result<Driver, String> {
         let applied = store.applied_index().map_err(|e| e.to_string())?;
-        let cfg = raft_config(shared.node_id, applied);
-        cfg.validate().map_err(|e| format!("raft config: {e}"))?;
-        let node = RawNode::new(&cfg, RaftStorage { store: store.clone() }, &crate::log::raft_logger())
+        let rc = raft_config(shared.node_id, applied);
+        rc.validate().map_err(|e| format!("raft config: {e}"))?;
+        let node = RawNode::new(&rc, RaftStorage { store: store.clone() }, &crate::log::raft_logger())
             .map_err(|e| format!("raft: {e}"))?;
-        Ok(Driver {
-            node,
+        let last_compacted = store.log_bounds().map_err(|e| e.to_string())?.2;
+        let d = Driver {
+            replica: Replica::new(node),
             store,
             shared,
             local,
             remote_results,
+            peers,
+            cfg,
             last_role: StateRole::Follower,
-            pending_apply: Vec::new(),
-            pending_commit: None,
-        })
+            reads: BTreeMap::new(),
+            last_compacted,
+        };
+        d.refresh_peers();
+        Ok(d)
     }
 
-    pub async fn run(mut self, inbox: LocalReceiver<Proposal>) {
-        let voters = self.node.raft.prs().conf().voters().ids().iter().collect::<Vec<_>>();
-        if voters == [self.shared.node_id] {
-            // The only voter: no one to wait for, become leader now rather than after an election timeout.
-            if let Err(e) = self.node.campaign() {
+    fn node(&mut self) -> &mut RawNode<RaftStorage> {
+        &mut self.replica.node
+    }
+
+    /// Peer addresses: configuration first, the replicated address book over it.
+    fn refresh_peers(&self) {
+        let mut book: HashMap<u64, String> = self.cfg.configured_peers.iter().cloned().collect();
+        match self.store.members() {
+            Ok(ms) => {
+                for m in ms {
+                    if !m.raft_addr.is_empty() {
+                        book.insert(m.id, m.raft_addr);
+                    }
+                }
+            }
+            Err(e) => warn!("reading the address book: {e}"),
+        }
+        let list: Vec<(u64, String)> = book.into_iter().collect();
+        self.peers.set_addresses(&list);
+    }
+
+    pub async fn run(mut self, inbox: LocalReceiver<Input>) {
+        let me = self.shared.node_id;
+        let voters: Vec<u64> = self.replica.node.raft.prs().conf().voters().ids().iter().collect();
+        if voters == [me] {
+            // The only voter: become leader now rather than after an election timeout.
+            if let Err(e) = self.node().campaign() {
                 warn!("campaign: {e}");
             }
         } else if voters.is_empty() {
-            info!("no membership yet: waiting to be added to a cluster");
+            info!("no membership yet: waiting to be added through the replicated membership");
         }
         let mut last_tick = Instant::now();
         loop {
@@ -103,16 +159,13 @@ impl Driver {
                 break;
             }
             let mut batch = 0usize;
-            // With committed entries waiting to be applied, go straight to the next round
-            // (taking whatever proposals are already queued); otherwise wait for a proposal
-            // or the next tick.
-            if self.pending_apply.is_empty() && self.pending_commit.is_none() {
+            if !self.replica.has_pending() {
                 let left = TICK.saturating_sub(last_tick.elapsed());
                 match glommio::timer::timeout(left.max(Duration::from_millis(1)), async { Ok(inbox.recv().await) })
                     .await
                 {
-                    Ok(Some(p)) => {
-                        self.propose(p);
+                    Ok(Some(i)) => {
+                        self.take(i);
                         batch += 1;
                     }
                     Ok(None) => break,
@@ -121,44 +174,85 @@ impl Driver {
             }
             while batch < MAX_BATCH {
                 match poll_once(inbox.recv()).await {
-                    Some(Some(p)) => {
-                        self.propose(p);
+                    Some(Some(i)) => {
+                        self.take(i);
                         batch += 1;
                     }
                     _ => break,
                 }
             }
             if last_tick.elapsed() >= TICK {
-                self.node.tick();
+                self.node().tick();
                 last_tick = Instant::now();
+                self.invite_members();
             }
-            if let Err(e) = self.on_ready().await {
-                // A store failure here means we can no longer promise durability: stop
-                // taking writes rather than acknowledge something we may not have kept.
+            if let Err(e) = self.round().await {
+                // A store failure means we can no longer promise durability: stop taking
+                // writes rather than acknowledge something we may not have kept.
                 error!("raft driver stopped: {e}");
                 self.shared.failed.store(true, Ordering::Relaxed);
                 self.shared.shutdown.store(true, Ordering::Relaxed);
                 break;
             }
         }
-        // Refuse anything still queued.
-        while let Some(Some(p)) = poll_once(inbox.recv()).await {
-            self.route(p.shard, p.proposal_id, Outcome::Dropped("the journal is shutting down".into()));
+        while let Some(Some(i)) = poll_once(inbox.recv()).await {
+            if let Input::Proposal(p) = i {
+                self.route(p.shard, p.proposal_id, Outcome::Dropped("the journal is shutting down".into()));
+            }
         }
         self.shared.role.store(ROLE_SHUTDOWN, Ordering::Relaxed);
         info!("raft driver stopped at applied index {}", self.shared.applied_index.load(Ordering::Relaxed));
     }
 
+    fn take(&mut self, input: Input) {
+        match input {
+            Input::Proposal(p) => self.propose(p),
+            Input::Raft(m) => {
+                if let Err(e) = self.node().step(*m) {
+                    debug!("raft step: {e}");
+                }
+            }
+            Input::Unreachable(id) => self.node().report_unreachable(id),
+            Input::SnapshotDone(id, ok) => {
+                let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                self.node().report_snapshot(id, status);
+            }
+        }
+    }
+
     fn propose(&mut self, p: Proposal) {
-        if let Err(e) = self.node.propose(vec![], p.data) {
+        let (shard, id) = (p.shard, p.proposal_id);
+        let r = match p.ask {
+            Ask::Write(data) => self.node().propose(vec![], data),
+            Ask::Membership { change, node_id, context } => {
+                let kind = match change {
+                    MembershipAction::AddVoter | MembershipAction::Promote => ConfChangeType::AddNode,
+                    MembershipAction::AddLearner => ConfChangeType::AddLearnerNode,
+                    MembershipAction::Remove => ConfChangeType::RemoveNode,
+                    MembershipAction::Unspecified => {
+                        self.route(shard, id, Outcome::Dropped("no membership action given".into()));
+                        return;
+                    }
+                };
+                let mut cc = ConfChange::default();
+                cc.set_change_type(kind);
+                cc.node_id = node_id;
+                cc.context = context.into();
+                self.node().propose_conf_change(vec![], cc)
+            }
+            Ask::ReadIndex => {
+                self.node().read_index(read_ctx(shard, id));
+                Ok(())
+            }
+        };
+        if let Err(e) = r {
             let why = match e {
-                raft::Error::ProposalDropped => "no leader yet; retry shortly".to_string(),
-                other => format!("proposal refused: {other}"),
+                raft::Error::ProposalDropped => {
+                    "no leader yet (or a membership change is in progress); retry shortly".into()
+                }
+                other => format!("refused: {other}"),
             };
-            self.route(p.shard, p.proposal_id, Outcome::Dropped(why));
-        } else if self.node.raft.state != StateRole::Leader {
-            // raft-rs forwards to a known leader; with none it drops without an error on some paths.
-            debug!("proposal taken while {:?}", self.node.raft.state);
+            self.route(shard, id, Outcome::Dropped(why));
         }
     }
 
@@ -167,161 +261,139 @@ impl Driver {
             self.local.deliver(proposal_id, outcome);
         } else if let Some(tx) = self.remote_results.get(shard as usize - 1) {
             if tx.try_send((proposal_id, outcome)).is_err() {
-                // The shard's result queue is full or gone: its handler will time out.
-                warn!("result queue to shard {shard} full; proposal {proposal_id} will time out");
+                warn!("result queue to shard {shard} full; request {proposal_id} will time out");
             }
         }
     }
 
-    fn send_messages(&self, msgs: Vec<Message>) {
-        for m in msgs {
-            // No peer transport in a single-voter journal (quorum issue).
-            Shared::inc(&self.shared.peer_errors_total);
-            debug!("dropping raft message {:?} to {}", m.get_msg_type(), m.to);
+    /// The founding journal adds the configured members, one at a time, once it leads.
+    fn invite_members(&mut self) {
+        if self.cfg.invite.is_empty() || self.replica.node.raft.state != StateRole::Leader {
+            return;
+        }
+        // One change in flight at a time (raft-rs refuses a second while one is pending).
+        if self.replica.node.raft.has_pending_conf() {
+            return;
+        }
+        let known: Vec<u64> = self.replica.node.raft.prs().conf().voters().ids().iter().collect();
+        self.cfg.invite.retain(|m| !known.contains(&m.id));
+        let Some(m) = self.cfg.invite.first().cloned() else { return };
+        let ctx = Command { member: Some(m.clone()), ..Default::default() };
+        let mut cc = ConfChange::default();
+        cc.set_change_type(ConfChangeType::AddNode);
+        cc.node_id = m.id;
+        cc.context = ctx.encode_to_vec().into();
+        match self.node().propose_conf_change(vec![], cc) {
+            Ok(()) => info!("inviting journal {} ({}) as a voter", m.id, m.raft_addr),
+            Err(e) => debug!("inviting journal {}: {e}", m.id),
         }
     }
 
-    /// One round of the Ready contract, in one LMDB transaction (one durable commit):
-    /// apply what the previous round learned is committed (already durable in the log), apply
-    /// this Ready's committed entries, append this Ready's entries and persist its hard state.
-    /// Then advance; the light ready's committed entries wait for the next round, which the
-    /// run loop starts without waiting.
-    async fn on_ready(&mut self) -> Result<(), String> {
-        let has_ready = self.node.has_ready();
-        if !has_ready && self.pending_apply.is_empty() && self.pending_commit.is_none() {
+    async fn round(&mut self) -> Result<(), String> {
+        let Some(round) = self.replica.begin()? else {
             self.publish();
             return Ok(());
+        };
+        if !round.send_now.is_empty() {
+            self.peers.send(round.send_now.clone());
         }
-        let mut to_apply = std::mem::take(&mut self.pending_apply);
-        let mut commit = self.pending_commit.take();
-        let mut append = Vec::new();
-        let mut hs: Option<HardState> = None;
-        let mut rd = None;
-        if has_ready {
-            let mut r = self.node.ready();
-            if !r.messages().is_empty() {
-                self.send_messages(r.take_messages());
-            }
-            if !r.snapshot().is_empty() {
-                return Err("received a snapshot, which a single-voter journal never does".into());
-            }
-            to_apply.extend(r.take_committed_entries());
-            append = r.take_entries();
-            hs = r.hs().cloned();
-            rd = Some(r);
-        }
-        // The commit index that covers every entry applied in this transaction is persisted in
-        // it too, so a restart never finds applied > committed.
-        if let Some(c) = commit.take() {
-            let mut h = hs.take().unwrap_or_else(|| self.node.raft.hard_state());
-            h.commit = h.commit.max(c);
-            hs = Some(h);
-        }
-        let last_applied = to_apply.last().map(|e| e.index);
-        self.persist_and_apply(to_apply, append, hs).await?;
-        if let Some(i) = last_applied {
-            self.node.advance_apply_to(i);
-        }
-        if let Some(r) = rd {
-            if !r.persisted_messages().is_empty() {
-                let mut r = r;
-                self.send_messages(r.take_persisted_messages());
-                self.advance(r);
-            } else {
-                self.advance(r);
+        let Round { ref apply, ref read_states, ref snapshot, .. } = round;
+        let had_membership =
+            apply.iter().any(|e| e.get_entry_type() != raft::eraftpb::EntryType::EntryNormal) || snapshot.is_some();
+        let reads: Vec<(u64, Vec<u8>)> = read_states.iter().map(|r| (r.index, r.request_ctx.clone())).collect();
+        let results = self.persist(&round).await?;
+        for (origin, result) in results {
+            if origin.node_id == self.shared.node_id {
+                self.route(origin.shard, origin.proposal_id, Outcome::Applied(result));
             }
         }
+        let after = self.replica.finish(round);
+        if !after.is_empty() {
+            self.peers.send(after);
+        }
+        if had_membership {
+            self.refresh_peers();
+        }
+        for (index, ctx) in reads {
+            if let Some((shard, id)) = parse_read_ctx(&ctx) {
+                self.reads.entry(index).or_default().push((shard, id));
+            }
+        }
+        self.release_reads();
+        self.maybe_compact().await?;
         Shared::inc(&self.shared.ready_rounds_total);
         self.publish();
         Ok(())
     }
 
-    fn advance(&mut self, rd: raft::Ready) {
-        let mut light = self.node.advance(rd);
-        if let Some(c) = light.commit_index() {
-            self.pending_commit = Some(c);
-        }
-        if !light.messages().is_empty() {
-            self.send_messages(light.take_messages());
-        }
-        self.pending_apply.extend(light.take_committed_entries());
-        if !self.pending_apply.is_empty() && self.pending_commit.is_none() {
-            self.pending_commit = Some(self.node.raft.raft_log.committed);
-        }
-    }
-
-    /// One transaction: apply committed entries, append new ones, persist the hard state.
-    /// Then answers the proposers on this replica and applies conf changes to raft-rs.
-    async fn persist_and_apply(
-        &mut self,
-        apply: Vec<Entry>,
-        append: Vec<Entry>,
-        hs: Option<HardState>,
-    ) -> Result<(), String> {
-        if apply.is_empty() && append.is_empty() && hs.is_none() {
-            return Ok(());
-        }
+    /// The round's one transaction, on the blocking pool.
+    async fn persist(&self, round: &Round) -> Result<Vec<(pact_proto::journal::ProposalOrigin, ApplyResult)>, String> {
         let store = self.store.clone();
-        let (results, conf_entries) = glommio::executor()
-            .spawn_blocking(move || -> Result<Applied, String> {
+        let snapshot = round.snapshot.clone();
+        let apply = round.apply.clone();
+        let append = round.append.clone();
+        let hs = round.hard_state.clone();
+        let cs = round.conf_state.clone();
+        glommio::executor()
+            .spawn_blocking(move || -> Result<_, String> {
                 let mut w = store.write_txn().map_err(|e| e.to_string())?;
+                if let Some(s) = &snapshot {
+                    store.install_snapshot(&mut w, s).map_err(|e| e.to_string())?;
+                }
                 let mut results = Vec::new();
-                let mut confs = Vec::new();
-                for e in apply {
-                    match e.get_entry_type() {
-                        EntryType::EntryNormal if e.data.is_empty() => {
-                            state::apply(&store, &mut w, e.index, None).map_err(|x| x.to_string())?;
-                        }
-                        EntryType::EntryNormal => {
-                            let cmd = Command::decode(&e.data[..])
-                                .map_err(|x| format!("raft entry {} does not decode as a Command: {x}", e.index))?;
-                            if let Some(r) =
-                                state::apply(&store, &mut w, e.index, Some(&cmd)).map_err(|x| x.to_string())?
-                            {
-                                results.push((cmd, r));
+                {
+                    let mut t = LmdbState::new(&store, &mut w);
+                    for e in &apply {
+                        let decoded = decode_entry(e)?;
+                        let (input, origin) = match &decoded {
+                            Decoded::Empty => (StateInput::Empty, None),
+                            Decoded::Command(c) => (StateInput::Command(c), c.origin),
+                            Decoded::Membership(m) => {
+                                let origin = membership_origin(e);
+                                (StateInput::Membership(m), origin)
                             }
-                        }
-                        EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                            state::apply(&store, &mut w, e.index, None).map_err(|x| x.to_string())?;
-                            confs.push(e);
+                        };
+                        if let Some(r) = state::apply(&mut t, e.index, input).map_err(|x| x.to_string())? {
+                            if let Some(o) = origin {
+                                results.push((o, r));
+                            }
                         }
                     }
                 }
-                store.write_raft(&mut w, &append, hs.as_ref(), None).map_err(|x| x.to_string())?;
+                store.write_raft(&mut w, &append, hs.as_ref(), cs.as_ref()).map_err(|x| x.to_string())?;
                 w.commit().map_err(|x| x.to_string())?;
-                Ok((results, confs))
+                Ok(results)
             })
-            .await?;
-        for e in conf_entries {
-            let cs = if e.get_entry_type() == EntryType::EntryConfChange {
-                let mut cc = ConfChange::default();
-                cc.merge_from_bytes(&e.data).map_err(|x| format!("conf change {}: {x}", e.index))?;
-                self.node.apply_conf_change(&cc)
-            } else {
-                let mut cc = ConfChangeV2::default();
-                cc.merge_from_bytes(&e.data).map_err(|x| format!("conf change {}: {x}", e.index))?;
-                self.node.apply_conf_change(&cc)
-            }
-            .map_err(|x| format!("applying conf change {}: {x}", e.index))?;
-            let store = self.store.clone();
-            glommio::executor()
-                .spawn_blocking(move || store.persist_ready(&[], None, Some(&cs)))
-                .await
-                .map_err(|x| x.to_string())?;
-        }
-        for (cmd, result) in results {
-            if let Some(o) = cmd.origin {
-                if o.node_id == self.shared.node_id {
-                    self.route(o.shard, o.proposal_id, Outcome::Applied(result));
-                }
+            .await
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.replica.node.raft.raft_log.applied;
+        let ready: Vec<u64> = self.reads.range(..=applied).map(|(k, _)| *k).collect();
+        for k in ready {
+            for (shard, id) in self.reads.remove(&k).unwrap_or_default() {
+                self.route(shard, id, Outcome::ReadReady);
             }
         }
+    }
+
+    /// Every `snapshot_interval` applied entries, drop the log up to the applied index; a
+    /// lagging or new peer then gets a snapshot of the applied state instead.
+    async fn maybe_compact(&mut self) -> Result<(), String> {
+        let applied = self.replica.node.raft.raft_log.applied;
+        if self.cfg.snapshot_interval == 0 || applied < self.last_compacted + self.cfg.snapshot_interval {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        glommio::executor().spawn_blocking(move || store.compact(applied)).await.map_err(|e| e.to_string())?;
+        self.last_compacted = applied;
+        info!("compacted the raft log through index {applied}");
         Ok(())
     }
 
     /// Publishes the raft status for metrics, /health and JournalStatus.
     fn publish(&mut self) {
-        let r = &self.node.raft;
+        let r = &self.replica.node.raft;
         let role = r.state;
         if role != self.last_role {
             if role == StateRole::Leader {
@@ -340,10 +412,27 @@ impl Driver {
             },
             Ordering::Relaxed,
         );
+        s.is_learner.store(r.prs().conf().learners().contains(&s.node_id), Ordering::Relaxed);
         s.term.store(r.term, Ordering::Relaxed);
         s.leader_id.store(r.leader_id, Ordering::Relaxed);
         s.commit_index.store(r.raft_log.committed, Ordering::Relaxed);
         s.applied_index.store(r.raft_log.applied, Ordering::Relaxed);
         s.last_index.store(r.raft_log.last_index(), Ordering::Relaxed);
+        s.snapshot_index.store(self.last_compacted, Ordering::Relaxed);
+        if role == StateRole::Leader {
+            let mut matched = s.matched.lock().unwrap_or_else(|p| p.into_inner());
+            matched.clear();
+            for (id, pr) in r.prs().iter() {
+                matched.insert(*id, pr.matched);
+            }
+        }
     }
+}
+
+/// The proposer of a membership change (in the conf change context), to answer it.
+fn membership_origin(e: &raft::eraftpb::Entry) -> Option<pact_proto::journal::ProposalOrigin> {
+    use protobuf::Message as _;
+    let mut cc = ConfChange::default();
+    cc.merge_from_bytes(&e.data).ok()?;
+    Command::decode(&cc.context[..]).ok()?.origin
 }

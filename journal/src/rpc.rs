@@ -7,8 +7,8 @@ use crate::state;
 use pact_proto::auth::Caller;
 use pact_proto::config::{ConfigEntry, Identity, PrincipalType};
 use pact_proto::journal::{
-    apply_result, command, AppendEntryRequest, GetEntryRequest, GetNodeStateRequest, GetOverlayRequest, JournalStatus,
-    ListEntriesRequest, MemberStatus, SetNodeStateRequest,
+    apply_result, command, AppendEntryRequest, ChangeMembershipRequest, GetEntryRequest, GetNodeStateRequest,
+    GetOverlayRequest, JournalStatus, ListEntriesRequest, Member, MemberStatus, MembershipAction, SetNodeStateRequest,
 };
 use pact_proto::wire::Request;
 use pact_proto::{ErrorCode, Method, RemoteError};
@@ -56,9 +56,20 @@ fn identity_of(c: &Caller) -> Identity {
     Identity { principal: c.principal.clone(), principal_type: principal_type as i32, role: c.role.clone() }
 }
 
+fn is_read(m: Method) -> bool {
+    matches!(
+        m,
+        Method::GetEntry | Method::ListEntries | Method::GetNodeState | Method::GetOverlay | Method::JournalStatus
+    )
+}
+
 pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<Reply, RemoteError> {
     let caller = authenticate(shard, &req.bearer_token)?;
     let body = &req.body[..];
+    if req.linearizable && is_read(method) {
+        // Read index: wait until this replica has applied what the leader had committed.
+        shard.read_barrier().await?;
+    }
     match method {
         Method::AppendEntry => {
             let r: AppendEntryRequest = decode(method, body)?;
@@ -146,6 +157,54 @@ pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<R
             }
         }
         Method::JournalStatus => Ok(Reply::One(status(shard)?.encode_to_vec())),
+        Method::ChangeMembership => {
+            if caller.role != "pact-platform-admin" {
+                return Err(err(
+                    ErrorCode::PermissionDenied,
+                    "changing the journal membership needs pact-platform-admin",
+                ));
+            }
+            let r: ChangeMembershipRequest = decode(method, body)?;
+            let action = MembershipAction::try_from(r.action).unwrap_or(MembershipAction::Unspecified);
+            if r.node_id == 0 {
+                return Err(err(ErrorCode::InvalidArgument, "node_id must be 1 or more"));
+            }
+            let current = shard.store.members().map_err(internal)?;
+            let existing = current.iter().find(|m| m.id == r.node_id).cloned();
+            let member = match action {
+                MembershipAction::Unspecified => {
+                    return Err(err(ErrorCode::InvalidArgument, "no membership action given"))
+                }
+                MembershipAction::AddVoter | MembershipAction::AddLearner => {
+                    if r.raft_addr.is_empty() || r.client_addr.is_empty() {
+                        return Err(err(
+                            ErrorCode::InvalidArgument,
+                            "adding a journal needs its raft and client addresses",
+                        ));
+                    }
+                    Member { id: r.node_id, raft_addr: r.raft_addr, client_addr: r.client_addr, role: String::new() }
+                }
+                MembershipAction::Promote => {
+                    let m = existing
+                        .ok_or_else(|| err(ErrorCode::NotFound, format!("journal {} is not a member", r.node_id)))?;
+                    if m.role != "learner" {
+                        return Err(err(
+                            ErrorCode::FailedPrecondition,
+                            format!("journal {} is not a learner", r.node_id),
+                        ));
+                    }
+                    m
+                }
+                MembershipAction::Remove => existing
+                    .ok_or_else(|| err(ErrorCode::NotFound, format!("journal {} is not a member", r.node_id)))?,
+            };
+            let result = shard.change_membership(action, r.node_id, member).await?;
+            match result.result {
+                Some(apply_result::Result::Membership(m)) => Ok(Reply::One(m.encode_to_vec())),
+                Some(apply_result::Result::Rejected(m)) => Err(err(ErrorCode::FailedPrecondition, m)),
+                other => Err(internal(format!("unexpected apply result {other:?}"))),
+            }
+        }
         other => Err(err(ErrorCode::Unimplemented, format!("{} is not served by this journal yet", other.name()))),
     }
 }
@@ -157,17 +216,31 @@ fn next_sequence(shard: &ShardRef) -> Result<u64, RemoteError> {
 
 pub fn status(shard: &ShardRef) -> Result<JournalStatus, RemoteError> {
     let s: &Shared = &shard.shared;
+    let conf = shard.store.conf_state().map_err(internal)?;
+    let book = shard.store.members().map_err(internal)?;
+    let matched = s.matched.lock().map(|m| m.clone()).unwrap_or_default();
+    let leads = s.role.load(Ordering::Relaxed) == crate::shared::ROLE_LEADER;
+    let mut ids: Vec<u64> = conf.voters.iter().chain(conf.learners.iter()).copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let members = ids
+        .into_iter()
+        .map(|id| {
+            let role = if conf.learners.contains(&id) { "learner" } else { "voter" };
+            let member = book.iter().find(|m| m.id == id).cloned();
+            MemberStatus {
+                id,
+                role: role.into(),
+                address: member.as_ref().map(|m| m.raft_addr.clone()).unwrap_or_default(),
+                member,
+                matched_index: if leads { matched.get(&id).copied().unwrap_or(0) } else { 0 },
+            }
+        })
+        .collect();
+    let (first_log_index, last_log_index, snapshot_index) = shard.store.log_bounds().map_err(internal)?;
     let txn = shard.store.read_txn().map_err(internal)?;
     let entries = shard.store.entry_count(&txn).map_err(internal)?;
     let last_sequence = shard.store.next_sequence(&txn).map_err(internal)? - 1;
-    let members = shard
-        .store
-        .conf_state()
-        .map_err(internal)?
-        .voters
-        .iter()
-        .map(|id| MemberStatus { id: *id, role: "voter".into(), address: String::new() })
-        .collect();
     Ok(JournalStatus {
         node_id: s.node_id,
         role: s.role_name().into(),
@@ -179,5 +252,8 @@ pub fn status(shard: &ShardRef) -> Result<JournalStatus, RemoteError> {
         entries,
         members,
         version: pact_proto::VERSION.into(),
+        snapshot_index,
+        first_log_index,
+        last_log_index,
     })
 }

@@ -8,7 +8,7 @@ use glommio::channels::local_channel::{self, LocalSender};
 use glommio::channels::shared_channel::ConnectedSender;
 use pact_proto::auth::HmacVerifier;
 use pact_proto::config::Timestamp;
-use pact_proto::journal::{command, ApplyResult, Command, ProposalOrigin};
+use pact_proto::journal::{command, ApplyResult, Command, Member, MembershipAction, ProposalOrigin};
 use pact_proto::{ErrorCode, RemoteError};
 use prost::Message as _;
 use std::cell::{Cell, RefCell};
@@ -24,24 +24,37 @@ pub const RESULT_QUEUE: usize = 4096;
 /// How long a client write may wait for its command to be applied.
 pub const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A write on its way to raft. `data` is a prost-encoded `Command`.
+/// What a shard asks of the raft shard.
+pub enum Ask {
+    /// A prost-encoded `Command` to replicate and apply.
+    Write(Vec<u8>),
+    /// A membership change; `context` is a prost-encoded `Command` carrying the origin and
+    /// the member's addresses.
+    Membership { change: MembershipAction, node_id: u64, context: Vec<u8> },
+    /// A read barrier: answered once this replica has applied everything committed now.
+    ReadIndex,
+}
+
+/// A request on its way to the raft shard, tagged with where the answer goes.
 pub struct Proposal {
     pub shard: u32,
     pub proposal_id: u64,
-    pub data: Vec<u8>,
+    pub ask: Ask,
 }
 
 /// What a proposer hears back.
 #[derive(Debug)]
 pub enum Outcome {
     Applied(ApplyResult),
+    /// The read barrier was reached.
+    ReadReady,
     /// Raft refused the proposal (no leader yet, or shutting down).
     Dropped(String),
 }
 
 pub enum ProposalTx {
     /// The raft shard's own handlers feed its inbox directly.
-    Local(Rc<LocalSender<Proposal>>),
+    Local(Rc<LocalSender<crate::raft_driver::Input>>),
     Remote(ConnectedSender<Proposal>),
 }
 
@@ -81,24 +94,61 @@ impl Shard {
         }
     }
 
+    fn origin(&self) -> (u64, ProposalOrigin) {
+        let proposal_id = self.next_proposal.get();
+        self.next_proposal.set(proposal_id + 1);
+        (proposal_id, ProposalOrigin { node_id: self.shared.node_id, shard: self.id, proposal_id })
+    }
+
+    fn now() -> Timestamp {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Timestamp { seconds: now.as_secs() as i64, nanos: now.subsec_nanos() }
+    }
+
     /// Proposes a command and waits until it is applied (or refused, or times out).
     pub async fn propose(&self, op: command::Op) -> Result<ApplyResult, RemoteError> {
+        let (proposal_id, origin) = self.origin();
+        let cmd = Command { origin: Some(origin), proposed_at: Some(Self::now()), op: Some(op), member: None };
+        match self.ask(proposal_id, Ask::Write(cmd.encode_to_vec())).await? {
+            Outcome::Applied(r) => Ok(r),
+            other => Err(RemoteError::new(ErrorCode::Internal, format!("unexpected answer to a write: {other:?}"))),
+        }
+    }
+
+    /// Proposes a membership change and waits until it is applied.
+    pub async fn change_membership(
+        &self,
+        change: MembershipAction,
+        node_id: u64,
+        member: Member,
+    ) -> Result<ApplyResult, RemoteError> {
+        let (proposal_id, origin) = self.origin();
+        let ctx = Command { origin: Some(origin), proposed_at: Some(Self::now()), op: None, member: Some(member) };
+        let ask = Ask::Membership { change, node_id, context: ctx.encode_to_vec() };
+        match self.ask(proposal_id, ask).await? {
+            Outcome::Applied(r) => Ok(r),
+            other => Err(RemoteError::new(ErrorCode::Internal, format!("unexpected answer to a change: {other:?}"))),
+        }
+    }
+
+    /// Waits until this replica has applied everything the leader had committed when asked.
+    pub async fn read_barrier(&self) -> Result<(), RemoteError> {
+        let (proposal_id, _) = self.origin();
+        match self.ask(proposal_id, Ask::ReadIndex).await? {
+            Outcome::ReadReady => Ok(()),
+            other => Err(RemoteError::new(ErrorCode::Internal, format!("unexpected answer to a read: {other:?}"))),
+        }
+    }
+
+    async fn ask(&self, proposal_id: u64, ask: Ask) -> Result<Outcome, RemoteError> {
         if self.shared.is_shutting_down() {
             return Err(RemoteError::new(ErrorCode::Unavailable, "the journal is shutting down"));
         }
-        let proposal_id = self.next_proposal.get();
-        self.next_proposal.set(proposal_id + 1);
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let cmd = Command {
-            origin: Some(ProposalOrigin { node_id: self.shared.node_id, shard: self.id, proposal_id }),
-            proposed_at: Some(Timestamp { seconds: now.as_secs() as i64, nanos: now.subsec_nanos() }),
-            op: Some(op),
-        };
         let (tx, rx) = local_channel::new_bounded(1);
         self.pending.borrow_mut().insert(proposal_id, tx);
-        let p = Proposal { shard: self.id, proposal_id, data: cmd.encode_to_vec() };
+        let p = Proposal { shard: self.id, proposal_id, ask };
         let sent = match &self.proposals {
-            ProposalTx::Local(s) => s.send(p).await.is_ok(),
+            ProposalTx::Local(s) => s.send(crate::raft_driver::Input::Proposal(p)).await.is_ok(),
             ProposalTx::Remote(s) => s.send(p).await.is_ok(),
         };
         if !sent {
@@ -108,18 +158,21 @@ impl Shard {
         Shared::inc(&self.shared.proposals_total);
         let waited = glommio::timer::timeout(PROPOSAL_TIMEOUT, async { Ok(rx.recv().await) }).await;
         match waited {
-            Ok(Some(Outcome::Applied(r))) => Ok(r),
             Ok(Some(Outcome::Dropped(why))) => {
                 Shared::inc(&self.shared.proposals_failed_total);
                 Err(RemoteError::new(ErrorCode::Unavailable, why))
             }
+            Ok(Some(o)) => Ok(o),
             Ok(None) => Err(RemoteError::new(ErrorCode::Unavailable, "the raft shard stopped")),
             Err(_) => {
                 self.pending.borrow_mut().remove(&proposal_id);
                 Shared::inc(&self.shared.proposals_failed_total);
                 Err(RemoteError::new(
                     ErrorCode::Timeout,
-                    format!("the write was not applied within {}s (no quorum?)", PROPOSAL_TIMEOUT.as_secs()),
+                    format!(
+                        "not done within {}s (no leader or no quorum?); a write may or may not have been applied",
+                        PROPOSAL_TIMEOUT.as_secs()
+                    ),
                 ))
             }
         }

@@ -1,7 +1,9 @@
 //! State shared by every shard thread: metrics counters, the raft status snapshot the raft
 //! shard publishes, and the shutdown flag. Everything here is atomics: no locks on the hot path.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
 
 #[derive(Default)]
 pub struct Shared {
@@ -17,6 +19,10 @@ pub struct Shared {
     pub applied_index: AtomicU64,
     pub last_index: AtomicU64,
     pub last_sequence: AtomicU64,
+    pub snapshot_index: AtomicU64,
+    pub is_learner: AtomicBool,
+    /// On the leader: each member's matched log index (for status and lag).
+    pub matched: Mutex<HashMap<u64, u64>>,
     // counters
     pub proposals_total: AtomicU64,
     pub proposals_failed_total: AtomicU64,
@@ -44,6 +50,9 @@ impl Shared {
     }
 
     pub fn role_name(&self) -> &'static str {
+        if self.is_learner.load(Ordering::Relaxed) && self.role.load(Ordering::Relaxed) == ROLE_FOLLOWER {
+            return "learner";
+        }
         match self.role.load(Ordering::Relaxed) {
             ROLE_LEADER => "leader",
             ROLE_CANDIDATE => "candidate",

@@ -3,14 +3,50 @@
 //! gets the same state, and an index at or below `applied_index` is skipped, so replaying
 //! the log after a crash changes nothing.
 
-use crate::codec::{encode_ts, u64_key, KEY_APPLIED_INDEX, KEY_LAST_TS, KEY_NEXT_SEQUENCE};
-use crate::store::{Result, Store};
-use heed::RwTxn;
+use crate::store::Result;
 use pact_proto::config::{ConfigEntry, ConfigState, EntryType, NodeConfigState, Timestamp};
 use pact_proto::journal::{
-    apply_result, command, AppendEntryResponse, ApplyResult, Command, OverlayRecord, SetNodeStateResponse,
+    apply_result, command, AppendEntryResponse, ApplyResult, ChangeMembershipResponse, Command, Member, OverlayRecord,
+    SetNodeStateResponse,
 };
 use prost::Message as _;
+
+/// What the state machine reads and writes, inside one transaction. The journal's is an LMDB
+/// write transaction (`store::LmdbState`); the simulation's is in memory. Both run this
+/// module's `apply`, so the simulation checks the journal's own state machine.
+pub trait StateTxn {
+    fn applied_index(&self) -> Result<u64>;
+    fn set_applied_index(&mut self, index: u64) -> Result<()>;
+    /// The next sequence to assign (sequences start at 1; 0 means "none").
+    fn next_sequence(&self) -> Result<u64>;
+    fn set_next_sequence(&mut self, seq: u64) -> Result<()>;
+    fn last_timestamp(&self) -> Result<(i64, u32)>;
+    fn set_last_timestamp(&mut self, ts: (i64, u32)) -> Result<()>;
+    fn put_entry(&mut self, e: &ConfigEntry) -> Result<()>;
+    fn put_overlay(&mut self, o: &OverlayRecord) -> Result<()>;
+    fn put_node_state(&mut self, s: &NodeConfigState) -> Result<()>;
+    fn members(&self) -> Result<Vec<Member>>;
+    fn put_member(&mut self, m: &Member) -> Result<()>;
+    fn remove_member(&mut self, id: u64) -> Result<()>;
+}
+
+/// A committed membership change, as the state machine sees it: the address book follows the
+/// raft configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MembershipChange {
+    /// Add or update a voter or learner; `member.role` says which.
+    Upsert(Member),
+    Remove(u64),
+}
+
+/// One committed raft entry, decoded.
+#[derive(Clone, Debug)]
+pub enum Input<'a> {
+    /// A new leader's empty entry.
+    Empty,
+    Command(&'a Command),
+    Membership(&'a MembershipChange),
+}
 
 pub const TTL_MIN_SECS: u32 = 900;
 pub const TTL_MAX_SECS: u32 = 864_000;
@@ -67,26 +103,33 @@ fn rejected(reason: String) -> ApplyResult {
     ApplyResult { result: Some(apply_result::Result::Rejected(reason)) }
 }
 
-/// Applies one committed raft entry's command inside `w`. Returns None when the index was
-/// already applied. The caller commits `w`.
-pub fn apply(store: &Store, w: &mut RwTxn, index: u64, cmd: Option<&Command>) -> Result<Option<ApplyResult>> {
-    let applied = store.meta_u64(w, KEY_APPLIED_INDEX)?;
+/// Applies one committed raft entry at `index`. Returns None when the index was already
+/// applied (replay after a crash). The caller commits the transaction.
+pub fn apply<T: StateTxn>(t: &mut T, index: u64, input: Input<'_>) -> Result<Option<ApplyResult>> {
+    let applied = t.applied_index()?;
     if index <= applied {
         return Ok(None);
     }
     assert_eq!(index, applied + 1, "apply out of order: index {index} after applied {applied}");
-    let result = match cmd {
-        // Empty entries (a new leader's no-op) only move the applied index.
-        None => ApplyResult { result: None },
-        Some(cmd) => apply_command(store, w, cmd)?,
+    let result = match input {
+        Input::Empty => ApplyResult { result: None },
+        Input::Command(cmd) => apply_command(t, cmd)?,
+        Input::Membership(change) => {
+            match change {
+                MembershipChange::Upsert(m) => t.put_member(m)?,
+                MembershipChange::Remove(id) => t.remove_member(*id)?,
+            }
+            let members = t.members()?;
+            ApplyResult { result: Some(apply_result::Result::Membership(ChangeMembershipResponse { members })) }
+        }
     };
-    store.put_meta(w, KEY_APPLIED_INDEX, &u64_key(index))?;
+    t.set_applied_index(index)?;
     Ok(Some(result))
 }
 
-fn apply_command(store: &Store, w: &mut RwTxn, cmd: &Command) -> Result<ApplyResult> {
+fn apply_command<T: StateTxn>(t: &mut T, cmd: &Command) -> Result<ApplyResult> {
     // Timestamps never go backwards, even if the proposer's clock does.
-    let (last_s, last_n) = store.last_timestamp(w)?;
+    let (last_s, last_n) = t.last_timestamp()?;
     let proposed = cmd.proposed_at.unwrap_or_default();
     let ts = if (proposed.seconds, proposed.nanos) > (last_s, last_n) {
         proposed
@@ -99,7 +142,7 @@ fn apply_command(store: &Store, w: &mut RwTxn, cmd: &Command) -> Result<ApplyRes
             if let Err(reason) = validate_entry(entry) {
                 return Ok(rejected(reason));
             }
-            let seq = store.next_sequence(w)?;
+            let seq = t.next_sequence()?;
             if let Some(p) = entry.parent {
                 if p >= seq || p == 0 {
                     return Ok(rejected(format!("parent {p} is not an earlier entry (the next sequence is {seq})")));
@@ -108,10 +151,10 @@ fn apply_command(store: &Store, w: &mut RwTxn, cmd: &Command) -> Result<ApplyRes
             let mut e = entry.clone();
             e.sequence = seq;
             e.timestamp = Some(ts);
-            store.put_entry(w, &e)?;
-            store.put_meta(w, KEY_NEXT_SEQUENCE, &u64_key(seq + 1))?;
-            store.put_meta(w, KEY_LAST_TS, &encode_ts(ts.seconds, ts.nanos))?;
-            update_overlay(store, w, &e)?;
+            t.put_entry(&e)?;
+            t.set_next_sequence(seq + 1)?;
+            t.set_last_timestamp((ts.seconds, ts.nanos))?;
+            update_overlay(t, &e)?;
             Ok(ApplyResult {
                 result: Some(apply_result::Result::Appended(AppendEntryResponse {
                     sequence: seq,
@@ -129,7 +172,7 @@ fn apply_command(store: &Store, w: &mut RwTxn, cmd: &Command) -> Result<ApplyRes
                 }
                 Ok(_) => {}
             }
-            let since = store.next_sequence(w)? - 1;
+            let since = t.next_sequence()? - 1;
             let s = NodeConfigState {
                 node_id: req.node_id.clone(),
                 state: req.state,
@@ -137,8 +180,8 @@ fn apply_command(store: &Store, w: &mut RwTxn, cmd: &Command) -> Result<ApplyRes
                 updated_at: Some(ts),
                 updated_by: req.author.clone(),
             };
-            store.put_node_state(w, &s)?;
-            store.put_meta(w, KEY_LAST_TS, &encode_ts(ts.seconds, ts.nanos))?;
+            t.put_node_state(&s)?;
+            t.set_last_timestamp((ts.seconds, ts.nanos))?;
             Ok(ApplyResult {
                 result: Some(apply_result::Result::NodeStateSet(SetNodeStateResponse { sequence: since })),
             })
@@ -149,7 +192,7 @@ fn apply_command(store: &Store, w: &mut RwTxn, cmd: &Command) -> Result<ApplyRes
 /// A COMMIT that carries a declared vCluster spec (what `pact apply` records) becomes that
 /// vCluster's overlay record. Rebuilding from later commits and rollbacks, compression and
 /// boot streaming come with the boot-streaming issue.
-fn update_overlay(store: &Store, w: &mut RwTxn, e: &ConfigEntry) -> Result<()> {
+fn update_overlay<T: StateTxn>(t: &mut T, e: &ConfigEntry) -> Result<()> {
     use pact_proto::config::scope::Target;
     let (Some(spec), Some(Target::VclusterId(vc))) =
         (e.declared.as_ref(), e.scope.as_ref().and_then(|s| s.target.as_ref()))
@@ -163,12 +206,13 @@ fn update_overlay(store: &Store, w: &mut RwTxn, e: &ConfigEntry) -> Result<()> {
     spec.vcluster_id = vc.clone();
     let digest = ring::digest::digest(&ring::digest::SHA256, &spec.encode_to_vec());
     let checksum = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    store.put_overlay(w, &OverlayRecord { vcluster_id: vc.clone(), version: e.sequence, spec: Some(spec), checksum })
+    t.put_overlay(&OverlayRecord { vcluster_id: vc.clone(), version: e.sequence, spec: Some(spec), checksum })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use pact_proto::config::{scope::Target, Identity, Scope};
 
     fn entry() -> ConfigEntry {
@@ -189,6 +233,7 @@ mod tests {
             origin: None,
             proposed_at: Some(Timestamp { seconds: secs, nanos: 0 }),
             op: Some(command::Op::AppendEntry(e)),
+            member: None,
         }
     }
 
@@ -234,19 +279,26 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let store = Store::open(&dir, 2).unwrap();
         let mut w = store.write_txn().unwrap();
-        let r1 = apply(&store, &mut w, 1, Some(&cmd(entry(), 100))).unwrap().unwrap();
+        let mut t = crate::store::LmdbState::new(&store, &mut w);
+        let r1 = apply(&mut t, 1, Input::Command(&cmd(entry(), 100))).unwrap().unwrap();
         // A clock that went backwards does not move timestamps back.
-        let r2 = apply(&store, &mut w, 2, Some(&cmd(entry(), 50))).unwrap().unwrap();
+        let r2 = apply(&mut t, 2, Input::Command(&cmd(entry(), 50))).unwrap().unwrap();
         // A leader's empty entry only moves the applied index.
-        assert_eq!(apply(&store, &mut w, 3, None).unwrap().unwrap().result, None);
+        assert_eq!(apply(&mut t, 3, Input::Empty).unwrap().unwrap().result, None);
         let mut bad = entry();
         bad.parent = Some(10);
-        let r4 = apply(&store, &mut w, 4, Some(&cmd(bad, 200))).unwrap().unwrap();
+        let r4 = apply(&mut t, 4, Input::Command(&cmd(bad, 200))).unwrap().unwrap();
         let mut child = entry();
         child.parent = Some(1);
-        let r5 = apply(&store, &mut w, 5, Some(&cmd(child, 200))).unwrap().unwrap();
+        let r5 = apply(&mut t, 5, Input::Command(&cmd(child, 200))).unwrap().unwrap();
         // Replaying an applied index changes nothing.
-        assert!(apply(&store, &mut w, 5, Some(&cmd(entry(), 300))).unwrap().is_none());
+        assert!(apply(&mut t, 5, Input::Command(&cmd(entry(), 300))).unwrap().is_none());
+        // Membership changes maintain the address book.
+        let m = Member { id: 2, raft_addr: "h2:9444".into(), client_addr: "h2:9443".into(), role: "voter".into() };
+        let r6 = apply(&mut t, 6, Input::Membership(&MembershipChange::Upsert(m.clone()))).unwrap().unwrap();
+        assert!(matches!(r6.result, Some(apply_result::Result::Membership(ref x)) if x.members == vec![m.clone()]));
+        apply(&mut t, 7, Input::Membership(&MembershipChange::Remove(2))).unwrap().unwrap();
+        assert!(t.members().unwrap().is_empty());
         w.commit().unwrap();
         assert_eq!((appended(&r1), appended(&r2), appended(&r5)), (1, 2, 3));
         assert!(reject_reason(&r4).contains("not an earlier entry"));

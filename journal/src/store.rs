@@ -4,13 +4,14 @@
 //! (LMDB MVCC: readers never block the writer).
 
 use crate::codec::{self, *};
+use crate::state::StateTxn;
 use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn};
 use pact_proto::config::{ConfigEntry, NodeConfigState, Scope};
-use pact_proto::journal::OverlayRecord;
+use pact_proto::journal::{Member, OverlayRecord};
 use prost::Message as _;
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use std::fmt;
 use std::path::Path;
@@ -57,6 +58,7 @@ struct Inner {
     entries: Db,
     entry_scope: Db,
     overlays: Db,
+    members: Db,
     nodes: Vec<Db>,
 }
 
@@ -87,6 +89,7 @@ impl Store {
         let entries = env.create_database(&mut w, Some(DB_ENTRIES))?;
         let entry_scope = env.create_database(&mut w, Some(DB_ENTRY_SCOPE))?;
         let overlays = env.create_database(&mut w, Some(DB_OVERLAYS))?;
+        let members = env.create_database(&mut w, Some(DB_MEMBERS))?;
         let parts = match state_meta.get(&w, KEY_PARTITIONS)? {
             Some(b) => read_u64(b).ok_or_else(|| StoreError::Corrupt("partitions".into()))? as u32,
             None => {
@@ -101,7 +104,17 @@ impl Store {
         }
         w.commit()?;
         Ok(Store {
-            inner: Arc::new(Inner { env, raft_log, raft_meta, state_meta, entries, entry_scope, overlays, nodes }),
+            inner: Arc::new(Inner {
+                env,
+                raft_log,
+                raft_meta,
+                state_meta,
+                entries,
+                entry_scope,
+                overlays,
+                members,
+                nodes,
+            }),
         })
     }
 
@@ -122,12 +135,15 @@ impl Store {
 
     /// Creates the initial membership: a ConfState with these voters, and the log start.
     /// Refused when the store already has one.
-    pub fn bootstrap(&self, voters: &[u64]) -> Result<()> {
+    pub fn bootstrap(&self, me: &Member) -> Result<()> {
         let mut w = self.write_txn()?;
         if self.inner.raft_meta.get(&w, KEY_BOOTSTRAPPED)?.is_some() {
             return Err(StoreError::Corrupt("already bootstrapped".into()));
         }
-        let cs = ConfState { voters: voters.to_vec(), ..Default::default() };
+        // The founding member alone: every other journal comes in through the replicated
+        // membership (conf changes the founder proposes once it leads).
+        let cs = ConfState { voters: vec![me.id], ..Default::default() };
+        self.inner.members.put(&mut w, &u64_key(me.id), &me.encode_to_vec())?;
         self.put_proto(&mut w, KEY_CONF_STATE, &cs)?;
         // The log starts after a virtual snapshot at index 0, term 0.
         self.inner.raft_meta.put(&mut w, KEY_FIRST_INDEX, &u64_key(1))?;
@@ -166,6 +182,12 @@ impl Store {
 
     fn first_index_in(&self, r: &RoTxn) -> Result<u64> {
         Ok(self.inner.raft_meta.get(r, KEY_FIRST_INDEX)?.and_then(read_u64).unwrap_or(1))
+    }
+
+    /// Index and term of the latest snapshot (0, 0 when the log was never compacted).
+    fn snapshot_point(&self, r: &RoTxn) -> Result<(u64, u64)> {
+        let g = |k| -> Result<u64> { Ok(self.inner.raft_meta.get(r, k)?.and_then(read_u64).unwrap_or(0)) };
+        Ok((g(KEY_SNAPSHOT_INDEX)?, g(KEY_SNAPSHOT_TERM)?))
     }
 
     fn last_index_in(&self, r: &RoTxn) -> Result<u64> {
@@ -226,6 +248,126 @@ impl Store {
             self.put_proto(w, KEY_CONF_STATE, cs)?;
         }
         Ok(())
+    }
+
+    /// Replaces the applied state with a snapshot's and restarts the raft log after it, inside
+    /// the caller's transaction (raft hands a follower a snapshot when it is too far behind).
+    pub fn install_snapshot(&self, w: &mut RwTxn, snap: &Snapshot) -> Result<()> {
+        let meta = snap.get_metadata();
+        let records = snapshot_records(&snap.data)
+            .ok_or_else(|| StoreError::Corrupt(format!("snapshot at index {} is truncated", meta.index)))?;
+        self.inner.state_meta.clear(w)?;
+        self.inner.entries.clear(w)?;
+        self.inner.entry_scope.clear(w)?;
+        self.inner.overlays.clear(w)?;
+        self.inner.members.clear(w)?;
+        for db in &self.inner.nodes {
+            db.clear(w)?;
+        }
+        let parts = self.partitions();
+        for (kind, k, v) in records {
+            let db = match kind {
+                SNAP_STATE_META if k == KEY_PARTITIONS => continue, // ours stays ours
+                SNAP_STATE_META => &self.inner.state_meta,
+                SNAP_ENTRIES => &self.inner.entries,
+                SNAP_ENTRY_SCOPE => &self.inner.entry_scope,
+                SNAP_OVERLAYS => &self.inner.overlays,
+                SNAP_MEMBERS => &self.inner.members,
+                SNAP_NODE_STATE => {
+                    let id = std::str::from_utf8(k).map_err(|_| StoreError::Corrupt("snapshot node id".into()))?;
+                    &self.inner.nodes[codec::partition_of(id, parts) as usize]
+                }
+                other => return Err(StoreError::Corrupt(format!("snapshot record kind {other}"))),
+            };
+            db.put(w, k, v)?;
+        }
+        self.inner.state_meta.put(w, KEY_PARTITIONS, &u64_key(u64::from(parts)))?;
+        self.inner.state_meta.put(w, KEY_APPLIED_INDEX, &u64_key(meta.index))?;
+        self.inner.raft_log.clear(w)?;
+        self.inner.raft_meta.put(w, KEY_FIRST_INDEX, &u64_key(meta.index + 1))?;
+        self.inner.raft_meta.put(w, KEY_SNAPSHOT_INDEX, &u64_key(meta.index))?;
+        self.inner.raft_meta.put(w, KEY_SNAPSHOT_TERM, &u64_key(meta.term))?;
+        self.inner.raft_meta.put(w, KEY_BOOTSTRAPPED, &u64_key(1))?;
+        self.put_proto(w, KEY_CONF_STATE, meta.get_conf_state())?;
+        Ok(())
+    }
+
+    /// The applied state as snapshot data, with its metadata (index = applied index).
+    pub fn build_snapshot(&self) -> Result<Snapshot> {
+        let r = self.read_txn()?;
+        let applied = self.meta_u64(&r, KEY_APPLIED_INDEX)?;
+        let (snap_index, snap_term) = self.snapshot_point(&r)?;
+        let term = if applied == snap_index {
+            snap_term
+        } else {
+            self.raft_entry(&r, applied)?
+                .ok_or_else(|| StoreError::Corrupt(format!("applied entry {applied} is not in the log")))?
+                .term
+        };
+        let mut data = Vec::new();
+        let tables: [(u8, &Db); 5] = [
+            (SNAP_STATE_META, &self.inner.state_meta),
+            (SNAP_ENTRIES, &self.inner.entries),
+            (SNAP_ENTRY_SCOPE, &self.inner.entry_scope),
+            (SNAP_OVERLAYS, &self.inner.overlays),
+            (SNAP_MEMBERS, &self.inner.members),
+        ];
+        for (kind, db) in tables {
+            for kv in db.iter(&r)? {
+                let (k, v) = kv?;
+                put_snapshot_record(&mut data, kind, k, v);
+            }
+        }
+        for db in &self.inner.nodes {
+            for kv in db.iter(&r)? {
+                let (k, v) = kv?;
+                put_snapshot_record(&mut data, SNAP_NODE_STATE, k, v);
+            }
+        }
+        let conf_state: ConfState = self.get_proto(&r, KEY_CONF_STATE)?.unwrap_or_default();
+        let meta = SnapshotMetadata { index: applied, term, conf_state: Some(conf_state).into(), ..Default::default() };
+        Ok(Snapshot { data: data.into(), metadata: Some(meta).into(), ..Default::default() })
+    }
+
+    /// Drops log entries up to `index` (which must be applied), remembering its term.
+    pub fn compact(&self, index: u64) -> Result<()> {
+        let mut w = self.write_txn()?;
+        let applied = self.meta_u64(&w, KEY_APPLIED_INDEX)?;
+        assert!(index <= applied, "compacting past the applied index: {index} > {applied}");
+        let first = self.inner.raft_meta.get(&w, KEY_FIRST_INDEX)?.and_then(read_u64).unwrap_or(1);
+        if index < first {
+            return Ok(());
+        }
+        let term = self
+            .raft_entry(&w, index)?
+            .ok_or_else(|| StoreError::Corrupt(format!("compaction point {index} is not in the log")))?
+            .term;
+        let hi = u64_key(index);
+        let doomed: Vec<Vec<u8>> = self
+            .inner
+            .raft_log
+            .range(&w, &(std::ops::Bound::Unbounded, std::ops::Bound::Included(&hi[..])))?
+            .map(|kv| kv.map(|(k, _)| k.to_vec()))
+            .collect::<std::result::Result<_, _>>()?;
+        for k in doomed {
+            self.inner.raft_log.delete(&mut w, &k)?;
+        }
+        self.inner.raft_meta.put(&mut w, KEY_FIRST_INDEX, &u64_key(index + 1))?;
+        self.inner.raft_meta.put(&mut w, KEY_SNAPSHOT_INDEX, &u64_key(index))?;
+        self.inner.raft_meta.put(&mut w, KEY_SNAPSHOT_TERM, &u64_key(term))?;
+        w.commit()?;
+        Ok(())
+    }
+
+    /// (first log index, last log index, snapshot index) for status and metrics.
+    pub fn log_bounds(&self) -> Result<(u64, u64, u64)> {
+        let r = self.read_txn()?;
+        Ok((self.first_index_in(&r)?, self.last_index_in(&r)?, self.snapshot_point(&r)?.0))
+    }
+
+    pub fn members(&self) -> Result<Vec<Member>> {
+        let r = self.read_txn()?;
+        members_in(&self.inner.members, &r)
     }
 
     pub fn raft_entry(&self, r: &RoTxn, index: u64) -> Result<Option<Entry>> {
@@ -368,6 +510,67 @@ impl Store {
     }
 }
 
+fn members_in(db: &Db, r: &RoTxn) -> Result<Vec<Member>> {
+    let mut out = Vec::new();
+    for kv in db.iter(r)? {
+        out.push(decode_prost(kv?.1, "member")?);
+    }
+    Ok(out)
+}
+
+/// The state machine's view of an LMDB write transaction.
+pub struct LmdbState<'s, 'w, 'e> {
+    store: &'s Store,
+    w: &'w mut RwTxn<'e>,
+}
+
+impl<'s, 'w, 'e> LmdbState<'s, 'w, 'e> {
+    pub fn new(store: &'s Store, w: &'w mut RwTxn<'e>) -> Self {
+        LmdbState { store, w }
+    }
+}
+
+impl StateTxn for LmdbState<'_, '_, '_> {
+    fn applied_index(&self) -> Result<u64> {
+        self.store.meta_u64(self.w, KEY_APPLIED_INDEX)
+    }
+    fn set_applied_index(&mut self, index: u64) -> Result<()> {
+        self.store.put_meta(self.w, KEY_APPLIED_INDEX, &u64_key(index))
+    }
+    fn next_sequence(&self) -> Result<u64> {
+        self.store.next_sequence(self.w)
+    }
+    fn set_next_sequence(&mut self, seq: u64) -> Result<()> {
+        self.store.put_meta(self.w, KEY_NEXT_SEQUENCE, &u64_key(seq))
+    }
+    fn last_timestamp(&self) -> Result<(i64, u32)> {
+        self.store.last_timestamp(self.w)
+    }
+    fn set_last_timestamp(&mut self, ts: (i64, u32)) -> Result<()> {
+        self.store.put_meta(self.w, KEY_LAST_TS, &encode_ts(ts.0, ts.1))
+    }
+    fn put_entry(&mut self, e: &ConfigEntry) -> Result<()> {
+        self.store.put_entry(self.w, e)
+    }
+    fn put_overlay(&mut self, o: &OverlayRecord) -> Result<()> {
+        self.store.put_overlay(self.w, o)
+    }
+    fn put_node_state(&mut self, s: &NodeConfigState) -> Result<()> {
+        self.store.put_node_state(self.w, s)
+    }
+    fn members(&self) -> Result<Vec<Member>> {
+        members_in(&self.store.inner.members, self.w)
+    }
+    fn put_member(&mut self, m: &Member) -> Result<()> {
+        self.store.inner.members.put(self.w, &u64_key(m.id), &m.encode_to_vec())?;
+        Ok(())
+    }
+    fn remove_member(&mut self, id: u64) -> Result<()> {
+        self.store.inner.members.delete(self.w, &u64_key(id))?;
+        Ok(())
+    }
+}
+
 fn decode_prost<M: prost::Message + Default>(b: &[u8], what: &str) -> Result<M> {
     M::decode(b).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
@@ -424,9 +627,8 @@ impl raft::Storage for RaftStorage {
         let r = self.store.read_txn().map_err(storage_err)?;
         let first = self.store.first_index_in(&r).map_err(storage_err)?;
         if idx == first - 1 {
-            // The entry before the log start: the (virtual) snapshot's term. Snapshots arrive
-            // with the quorum issue; until then the log always starts at 1 after term 0.
-            return Ok(0);
+            // The entry just before the log start: the latest snapshot's term (0 before any).
+            return Ok(self.store.snapshot_point(&r).map_err(storage_err)?.1);
         }
         if idx < first {
             return Err(raft::Error::Store(StorageError::Compacted));
@@ -446,9 +648,12 @@ impl raft::Storage for RaftStorage {
         self.store.last_index().map_err(storage_err)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // A single voter never sends a snapshot; peers and snapshots come with the quorum issue.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let snap = self.store.build_snapshot().map_err(storage_err)?;
+        if snap.get_metadata().index < request_index {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        Ok(snap)
     }
 }
 

@@ -85,7 +85,7 @@ fn garbage_oversized_truncated_and_unknown_method_close_only_that_connection() {
 
     // 3. An unknown method id.
     let mut s = handshaken(&j);
-    let req = Request { bearer_token: j.token(), body: vec![] };
+    let req = Request { bearer_token: j.token(), body: vec![], linearizable: false };
     s.write_all(&Frame::new(FrameKind::Request, 9999, 7, req.encode_to_vec()).encode().unwrap()).unwrap();
     s.flush().unwrap();
     assert_eq!(error_then_close(&mut s), ErrorCode::UnknownMethod);

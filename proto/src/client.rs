@@ -15,6 +15,7 @@ pub struct Client {
     stream: TlsStream,
     token: String,
     next_id: u32,
+    linearizable: bool,
 }
 
 /// A client-side failure: a remote error, or the journal could not be reached.
@@ -129,13 +130,18 @@ impl Client {
         let mut answer = [0u8; HANDSHAKE_LEN];
         stream.read_exact(&mut answer).map_err(|e| CallError::Unreachable(format!("{endpoint}: {e}")))?;
         frame::check_server_answer(&answer).map_err(CallError::Protocol)?;
-        Ok(Client { stream, token: token.to_string(), next_id: 1 })
+        Ok(Client { stream, token: token.to_string(), next_id: 1, linearizable: false })
+    }
+
+    /// Reads from now on wait for the Raft read index (as current as the leader).
+    pub fn set_linearizable(&mut self, on: bool) {
+        self.linearizable = on;
     }
 
     fn send(&mut self, method: Method, body: Vec<u8>) -> Result<u32, CallError> {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        let req = Request { bearer_token: self.token.clone(), body };
+        let req = Request { bearer_token: self.token.clone(), body, linearizable: self.linearizable };
         write_frame(&mut self.stream, &Frame::new(FrameKind::Request, method as u16, id, req.encode_to_vec()))
             .map_err(io_err)?;
         self.stream.flush().map_err(|e| CallError::Unreachable(e.to_string()))?;

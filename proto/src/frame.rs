@@ -118,8 +118,13 @@ impl Frame {
 
     /// Appends the encoded frame to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), DecodeError> {
-        if self.body.len() > MAX_FRAME_BODY {
-            return Err(DecodeError::TooLarge { len: self.body.len(), max: MAX_FRAME_BODY });
+        self.encode_into_max(out, MAX_FRAME_BODY)
+    }
+
+    /// Like `encode_into`, for a link with its own (larger) limit, such as the Raft port.
+    pub fn encode_into_max(&self, out: &mut Vec<u8>, max_body: usize) -> Result<(), DecodeError> {
+        if self.body.len() > max_body || self.body.len() > u32::MAX as usize {
+            return Err(DecodeError::TooLarge { len: self.body.len(), max: max_body });
         }
         out.reserve(HEADER_LEN + self.body.len());
         out.extend_from_slice(&encode_header(&FrameHeader {

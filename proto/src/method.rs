@@ -44,6 +44,7 @@ methods! {
     SetNodeState = 5, false, "Record a node's config state (through Raft).";
     GetOverlay = 6, false, "A vCluster's overlay record.";
     JournalStatus = 7, false, "This replica's Raft role, term and indexes.";
+    ChangeMembership = 8, false, "Add or remove a voter or learner, promote a learner.";
     StreamBootConfig = 20, true, "Boot config: overlay chunks, node delta, completion.";
     SubscribeConfigUpdates = 21, true, "Live config updates for one node.";
     Evaluate = 40, false, "Policy evaluation.";

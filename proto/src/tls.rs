@@ -71,6 +71,32 @@ pub fn client_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>, TlsErro
     Ok(Arc::new(cfg))
 }
 
+/// Mutual TLS, server side: clients must present a certificate from the CA bundle.
+pub fn mtls_server_config(cert: &Path, key: &Path, ca_pem: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let roots = Arc::new(root_store(ca_pem)?);
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| TlsError(format!("{}: client verifier: {e}", ca_pem.display())))?;
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(|e| TlsError(format!("{}: certificate and key do not form a usable pair: {e}", cert.display())))?;
+    Ok(Arc::new(cfg))
+}
+
+/// Mutual TLS, client side: trusts the CA bundle and presents our certificate.
+pub fn mtls_client_config(cert: &Path, key: &Path, ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_root_certificates(root_store(ca_pem)?)
+        .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(|e| TlsError(format!("{}: certificate and key do not form a usable pair: {e}", cert.display())))?;
+    Ok(Arc::new(cfg))
+}
+
 /// The name to check the server certificate against, from "host:port" or "https://host:port".
 pub fn server_name_for(endpoint: &str) -> Result<ServerName<'static>, TlsError> {
     let host = host_of(endpoint);

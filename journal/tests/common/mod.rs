@@ -54,6 +54,7 @@ pub struct Journal {
     pub dir: PathBuf,
     pub port: u16,
     pub metrics_port: u16,
+    pub raft_port: u16,
     pub child: Option<Child>,
     pub extra_args: Vec<String>,
     pub log: PathBuf,
@@ -71,6 +72,7 @@ impl Journal {
             dir,
             port: free_port(),
             metrics_port: free_port(),
+            raft_port: free_port(),
             child: None,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
         };
@@ -96,6 +98,8 @@ impl Journal {
             .arg(self.endpoint())
             .arg("--metrics-listen")
             .arg(format!("127.0.0.1:{}", self.metrics_port))
+            .arg("--raft-listen")
+            .arg(format!("127.0.0.1:{}", self.raft_port))
             .args(&self.extra_args)
             .env_remove("PACT_JOURNAL_CONFIG")
             .env_remove("PACT_OIDC_HMAC_SECRET")

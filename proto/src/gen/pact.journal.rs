@@ -73,19 +73,42 @@ pub struct OverlayRecord {
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct JournalStatusRequest {}
+/// A journal in the replicated address book (the membership's addresses).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Member {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// host:port of its Raft peer port (9444).
+    #[prost(string, tag = "2")]
+    pub raft_addr: ::prost::alloc::string::String,
+    /// host:port of its client port (9443).
+    #[prost(string, tag = "3")]
+    pub client_addr: ::prost::alloc::string::String,
+    /// "voter" or "learner".
+    #[prost(string, tag = "4")]
+    pub role: ::prost::alloc::string::String,
+}
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MemberStatus {
     #[prost(uint64, tag = "1")]
     pub id: u64,
+    /// "voter" or "learner".
     #[prost(string, tag = "2")]
     pub role: ::prost::alloc::string::String,
+    /// Raft address (kept for compatibility; see member).
     #[prost(string, tag = "3")]
     pub address: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "4")]
+    pub member: ::core::option::Option<Member>,
+    /// As the answering replica's leader sees it (0 when the answering replica does not lead).
+    #[prost(uint64, tag = "5")]
+    pub matched_index: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct JournalStatus {
     #[prost(uint64, tag = "1")]
     pub node_id: u64,
+    /// This replica's Raft role: leader, follower, candidate, pre-candidate, learner.
     #[prost(string, tag = "2")]
     pub role: ::prost::alloc::string::String,
     #[prost(uint64, tag = "3")]
@@ -104,6 +127,30 @@ pub struct JournalStatus {
     pub members: ::prost::alloc::vec::Vec<MemberStatus>,
     #[prost(string, tag = "10")]
     pub version: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "11")]
+    pub snapshot_index: u64,
+    #[prost(uint64, tag = "12")]
+    pub first_log_index: u64,
+    #[prost(uint64, tag = "13")]
+    pub last_log_index: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ChangeMembershipRequest {
+    #[prost(enumeration = "MembershipAction", tag = "1")]
+    pub action: i32,
+    #[prost(uint64, tag = "2")]
+    pub node_id: u64,
+    /// Required when adding: where the new journal listens.
+    #[prost(string, tag = "3")]
+    pub raft_addr: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub client_addr: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ChangeMembershipResponse {
+    /// The membership after the change was applied.
+    #[prost(message, repeated, tag = "1")]
+    pub members: ::prost::alloc::vec::Vec<Member>,
 }
 /// Where a proposal came from, so that the replica that accepted it can answer
 /// its client once the command is applied.
@@ -123,6 +170,9 @@ pub struct Command {
     /// Proposer's clock; the applier keeps timestamps monotonic.
     #[prost(message, optional, tag = "2")]
     pub proposed_at: ::core::option::Option<super::config::Timestamp>,
+    /// Only on conf-change entries (in the raft ConfChange context): the member's addresses.
+    #[prost(message, optional, tag = "3")]
+    pub member: ::core::option::Option<Member>,
     #[prost(oneof = "command::Op", tags = "10, 11")]
     pub op: ::core::option::Option<command::Op>,
 }
@@ -137,14 +187,14 @@ pub mod command {
     }
 }
 /// The result of applying one Command.
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ApplyResult {
-    #[prost(oneof = "apply_result::Result", tags = "1, 2, 3")]
+    #[prost(oneof = "apply_result::Result", tags = "1, 2, 3, 4")]
     pub result: ::core::option::Option<apply_result::Result>,
 }
 /// Nested message and enum types in `ApplyResult`.
 pub mod apply_result {
-    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
     pub enum Result {
         #[prost(message, tag = "1")]
         Appended(super::AppendEntryResponse),
@@ -153,5 +203,42 @@ pub mod apply_result {
         /// Rejected by the state machine's validation (nothing stored).
         #[prost(string, tag = "3")]
         Rejected(::prost::alloc::string::String),
+        #[prost(message, tag = "4")]
+        Membership(super::ChangeMembershipResponse),
+    }
+}
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum MembershipAction {
+    Unspecified = 0,
+    AddVoter = 1,
+    AddLearner = 2,
+    Promote = 3,
+    Remove = 4,
+}
+impl MembershipAction {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "MEMBERSHIP_ACTION_UNSPECIFIED",
+            Self::AddVoter => "MEMBERSHIP_ACTION_ADD_VOTER",
+            Self::AddLearner => "MEMBERSHIP_ACTION_ADD_LEARNER",
+            Self::Promote => "MEMBERSHIP_ACTION_PROMOTE",
+            Self::Remove => "MEMBERSHIP_ACTION_REMOVE",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "MEMBERSHIP_ACTION_UNSPECIFIED" => Some(Self::Unspecified),
+            "MEMBERSHIP_ACTION_ADD_VOTER" => Some(Self::AddVoter),
+            "MEMBERSHIP_ACTION_ADD_LEARNER" => Some(Self::AddLearner),
+            "MEMBERSHIP_ACTION_PROMOTE" => Some(Self::Promote),
+            "MEMBERSHIP_ACTION_REMOVE" => Some(Self::Remove),
+            _ => None,
+        }
     }
 }

@@ -8,6 +8,10 @@ pub struct Request {
     /// The method's own request message, prost-encoded.
     #[prost(bytes = "vec", tag = "2")]
     pub body: ::prost::alloc::vec::Vec<u8>,
+    /// Reads only: answer only once this replica has applied everything committed when the
+    /// request arrived (Raft read index), so the answer is as current as the leader's.
+    #[prost(bool, tag = "3")]
+    pub linearizable: bool,
 }
 /// The body of every Error frame.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

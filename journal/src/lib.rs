@@ -1,0 +1,20 @@
+//! pact-journal as a library: the binary (`main.rs`) wires these together; the deterministic
+//! simulation and the tests use them directly. See ARCHITECTURE.md for the codemap.
+
+pub mod cluster;
+pub mod codec;
+pub mod config;
+pub mod dev;
+pub mod http;
+pub mod log;
+pub mod peer;
+pub mod pki;
+pub mod raft_driver;
+pub mod replica;
+pub mod rpc;
+pub mod server;
+pub mod shard;
+pub mod shared;
+pub mod state;
+pub mod store;
+pub mod sys;

@@ -1,0 +1,292 @@
+//! The Raft peer port (9444): raft-rs messages between journals, each one a frame
+//! (`Method::RaftMessage`, body = the rust-protobuf encoding of `eraftpb::Message`) over
+//! mutual TLS. Runs on the raft shard.
+//!
+//! Each journal dials every other one and only ever sends on the connection it dialed, so a
+//! link is one-way and needs no replies; raft itself retries what is lost. A dialing journal
+//! proves its id with its certificate: every message arriving on a connection must come from
+//! the journal id whose name (`journal-<id>.raft.pact`) the client certificate carries.
+//!
+//! Limits: 1024 messages queued per peer (past that, messages are dropped and counted as peer
+//! errors; raft resends), frames up to 256 MiB (snapshots travel whole until chunking
+//! arrives), reconnect backoff 50 ms doubling to 2 s.
+
+use crate::raft_driver::Input;
+use crate::shared::Shared;
+use crate::{debug, info};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_rustls::{TlsAcceptor, TlsConnector};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::{TcpListener, TcpStream};
+use pact_proto::frame::{self, decode_header, Frame, FrameKind, HANDSHAKE_LEN, HEADER_LEN};
+use pact_proto::Method;
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const PEER_QUEUE: usize = 1024;
+pub const MAX_PEER_FRAME: usize = 256 << 20;
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+struct Link {
+    addr: String,
+    outbox: LocalSender<Message>,
+}
+
+/// Outgoing links to every other journal.
+pub struct Peers {
+    me: u64,
+    links: RefCell<HashMap<u64, Link>>,
+    tls: Arc<rustls::ClientConfig>,
+    inbox: Rc<LocalSender<Input>>,
+    shared: Arc<Shared>,
+}
+
+impl Peers {
+    pub fn new(me: u64, tls: Arc<rustls::ClientConfig>, inbox: Rc<LocalSender<Input>>, shared: Arc<Shared>) -> Peers {
+        Peers { me, links: RefCell::new(HashMap::new()), tls, inbox, shared }
+    }
+
+    /// Makes the links match the address book: new peers get a link, changed addresses a new
+    /// one, removed peers lose theirs (its task ends when its queue closes).
+    pub fn set_addresses(&self, peers: &[(u64, String)]) {
+        let mut links = self.links.borrow_mut();
+        links.retain(|id, l| peers.iter().any(|(i, a)| i == id && *a == l.addr));
+        for (id, addr) in peers {
+            if *id == self.me || links.contains_key(id) || addr.is_empty() {
+                continue;
+            }
+            let (tx, rx) = local_channel::new_bounded(PEER_QUEUE);
+            links.insert(*id, Link { addr: addr.clone(), outbox: tx });
+            let task = LinkTask {
+                me: self.me,
+                peer: *id,
+                addr: addr.clone(),
+                tls: self.tls.clone(),
+                inbox: self.inbox.clone(),
+                shared: self.shared.clone(),
+            };
+            glommio::spawn_local(task.run(rx)).detach();
+            info!("raft peer {id} at {addr}");
+        }
+    }
+
+    pub fn send(&self, msgs: Vec<Message>) {
+        let links = self.links.borrow();
+        for m in msgs {
+            match links.get(&m.to) {
+                Some(l) => {
+                    if l.outbox.try_send(m).is_err() {
+                        Shared::inc(&self.shared.peer_errors_total);
+                    }
+                }
+                None => {
+                    Shared::inc(&self.shared.peer_errors_total);
+                    debug!("no address for raft peer {}", m.to);
+                }
+            }
+        }
+    }
+}
+
+struct LinkTask {
+    me: u64,
+    peer: u64,
+    addr: String,
+    tls: Arc<rustls::ClientConfig>,
+    inbox: Rc<LocalSender<Input>>,
+    shared: Arc<Shared>,
+}
+
+impl LinkTask {
+    async fn run(self, rx: LocalReceiver<Message>) {
+        let mut backoff = BACKOFF_MIN;
+        // A message taken from the queue but not yet written survives a reconnect.
+        let mut carry: Option<Message> = None;
+        loop {
+            let first = match carry.take() {
+                Some(m) => m,
+                None => match rx.recv().await {
+                    Some(m) => m,
+                    None => return, // the peer was removed
+                },
+            };
+            match self.connect().await {
+                Ok(mut stream) => {
+                    backoff = BACKOFF_MIN;
+                    match self.pump(&mut stream, first, &rx).await {
+                        Ok(()) => return,
+                        Err((e, unsent)) => {
+                            debug!("raft link to {}: {e}", self.peer);
+                            carry = unsent;
+                        }
+                    }
+                }
+                Err(e) => {
+                    debug!("raft link to {} at {}: {e}", self.peer, self.addr);
+                    self.failed(&first);
+                    // Drop what queued up meanwhile: raft resends from its own state.
+                    while let Some(Some(m)) = futures_lite::future::poll_once(rx.recv()).await {
+                        self.failed(&m);
+                    }
+                }
+            }
+            Shared::inc(&self.shared.peer_errors_total);
+            let _ = self.inbox.try_send(Input::Unreachable(self.peer));
+            glommio::timer::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    fn failed(&self, m: &Message) {
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            let _ = self.inbox.try_send(Input::SnapshotDone(self.peer, false));
+        }
+    }
+
+    async fn connect(&self) -> Result<futures_rustls::client::TlsStream<TcpStream>, String> {
+        let tcp = glommio::timer::timeout(CONNECT_TIMEOUT, async { TcpStream::connect(self.addr.as_str()).await })
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let name =
+            rustls::pki_types::ServerName::try_from(crate::pki::raft_name(self.peer)).map_err(|e| e.to_string())?;
+        let mut tls = TlsConnector::from(self.tls.clone()).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+        tls.write_all(&frame::client_hello()).await.map_err(|e| e.to_string())?;
+        tls.flush().await.map_err(|e| e.to_string())?;
+        let mut answer = [0u8; HANDSHAKE_LEN];
+        tls.read_exact(&mut answer).await.map_err(|e| e.to_string())?;
+        frame::check_server_answer(&answer)?;
+        Ok(tls)
+    }
+
+    /// Writes messages until the queue closes (Ok) or the connection fails (Err, with the
+    /// message that was not written).
+    async fn pump(
+        &self,
+        stream: &mut futures_rustls::client::TlsStream<TcpStream>,
+        first: Message,
+        rx: &LocalReceiver<Message>,
+    ) -> Result<(), (String, Option<Message>)> {
+        let mut next = Some(first);
+        let mut buf = Vec::with_capacity(64 * 1024);
+        loop {
+            let m = match next.take() {
+                Some(m) => m,
+                None => match rx.recv().await {
+                    Some(m) => m,
+                    None => return Ok(()),
+                },
+            };
+            // Batch whatever else is queued into one write.
+            let mut batch = vec![m];
+            while batch.len() < 256 {
+                match futures_lite::future::poll_once(rx.recv()).await {
+                    Some(Some(m)) => batch.push(m),
+                    _ => break,
+                }
+            }
+            buf.clear();
+            for m in &batch {
+                debug_assert_eq!(m.from, self.me);
+                let body = m.write_to_bytes().map_err(|e| (e.to_string(), None))?;
+                Frame::new(FrameKind::Request, Method::RaftMessage as u16, 0, body)
+                    .encode_into_max(&mut buf, MAX_PEER_FRAME)
+                    .map_err(|e| (e.to_string(), None))?;
+            }
+            if let Err(e) = async {
+                stream.write_all(&buf).await?;
+                stream.flush().await
+            }
+            .await
+            {
+                for m in &batch {
+                    self.failed(m);
+                }
+                return Err((e.to_string(), None));
+            }
+            for m in &batch {
+                if m.get_msg_type() == MessageType::MsgSnapshot {
+                    let _ = self.inbox.try_send(Input::SnapshotDone(self.peer, true));
+                }
+            }
+        }
+    }
+}
+
+/// Accepts peer connections on the Raft port and feeds their messages to the driver.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    inbox: Rc<LocalSender<Input>>,
+    shared: Arc<Shared>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let shared2 = shared.clone();
+    crate::server::accept_loop(&shared2, &listener, 64, |stream| {
+        let (acceptor, inbox, shared) = (acceptor.clone(), inbox.clone(), shared.clone());
+        async move {
+            if let Err(e) = peer_connection(&acceptor, stream, &inbox).await {
+                Shared::inc(&shared.peer_errors_total);
+                debug!("raft peer connection: {e}");
+            }
+        }
+    })
+    .await;
+}
+
+async fn peer_connection(acceptor: &TlsAcceptor, stream: TcpStream, inbox: &LocalSender<Input>) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let mut tls = glommio::timer::timeout(crate::server::HANDSHAKE_TIMEOUT, async {
+        let mut tls = acceptor
+            .accept(stream)
+            .await
+            .map_err(|e| glommio::GlommioError::from(std::io::Error::other(format!("TLS: {e}"))))?;
+        let mut hello = [0u8; HANDSHAKE_LEN];
+        tls.read_exact(&mut hello).await?;
+        let (_, answer) = frame::server_answer(&hello).map_err(|e| std::io::Error::other(e.to_string()))?;
+        tls.write_all(&answer).await?;
+        tls.flush().await?;
+        Ok(tls)
+    })
+    .await
+    .map_err(|e| format!("handshake: {e}"))?;
+    let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).cloned().ok_or("no client certificate")?;
+    let mut verified_as: Option<u64> = None;
+    loop {
+        let mut hb = [0u8; HEADER_LEN];
+        if let Err(e) = tls.read_exact(&mut hb).await {
+            return if e.kind() == std::io::ErrorKind::UnexpectedEof { Ok(()) } else { Err(e.to_string()) };
+        }
+        let h = decode_header(&hb, MAX_PEER_FRAME).map_err(|e| e.to_string())?;
+        let mut body = vec![0u8; h.body_len as usize];
+        tls.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+        if h.kind != FrameKind::Request || h.method != Method::RaftMessage as u16 {
+            return Err(format!("unexpected frame {:?}/{} on the raft port", h.kind, h.method));
+        }
+        let mut m = Message::default();
+        m.merge_from_bytes(&body).map_err(|e| format!("raft message: {e}"))?;
+        if verified_as != Some(m.from) {
+            check_identity(&cert, m.from)?;
+            verified_as = Some(m.from);
+        }
+        if inbox.send(Input::Raft(Box::new(m))).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// The client certificate must name the journal id the messages claim to come from.
+fn check_identity(cert: &rustls::pki_types::CertificateDer<'_>, from: u64) -> Result<(), String> {
+    let ee = webpki::EndEntityCert::try_from(cert).map_err(|e| format!("peer certificate: {e:?}"))?;
+    let name = rustls::pki_types::ServerName::try_from(crate::pki::raft_name(from)).map_err(|e| e.to_string())?;
+    ee.verify_is_valid_for_subject_name(&name)
+        .map_err(|_| format!("a peer sent messages as journal {from} without that journal's certificate"))?;
+    Ok(())
+}
