@@ -33,6 +33,8 @@ pub const MAX_PEER_FRAME: usize = 256 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A peer that stops reading fails the link after this, instead of stalling it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Link {
     addr: String,
@@ -119,6 +121,7 @@ impl LinkTask {
             };
             match self.connect().await {
                 Ok(mut stream) => {
+                    debug!("raft link to {} at {}: connected", self.peer, self.addr);
                     backoff = BACKOFF_MIN;
                     match self.pump(&mut stream, first, &rx).await {
                         Ok(()) => return,
@@ -272,6 +275,9 @@ async fn peer_connection(acceptor: &TlsAcceptor, stream: TcpStream, inbox: &Loca
         }
         let mut m = Message::default();
         m.merge_from_bytes(&body).map_err(|e| format!("raft message: {e}"))?;
+        if crate::log::enabled(crate::log::Level::Trace) {
+            crate::log_at!(crate::log::Level::Trace, "peer frame {:?} from {} to {}", m.get_msg_type(), m.from, m.to);
+        }
         if verified_as != Some(m.from) {
             check_identity(&cert, m.from)?;
             verified_as = Some(m.from);

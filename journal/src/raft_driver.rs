@@ -27,7 +27,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub const TICK: Duration = Duration::from_millis(100);
+/// Raft's clock. Elections start after 10–20 ticks without a leader (0.5–1 s) and a leader
+/// heartbeats every 2 ticks, so a dead leader is replaced in about a second.
+pub const TICK: Duration = Duration::from_millis(50);
 /// Most inputs taken into one round (one durable commit).
 pub const MAX_BATCH: usize = 1024;
 /// Inputs queued for the driver (proposals from every shard, peer messages).
@@ -63,6 +65,12 @@ pub struct Driver {
     last_role: StateRole,
     /// Read barriers waiting for the applied index to reach their read index.
     reads: BTreeMap<u64, Vec<(u32, u64)>>,
+    /// Requests raft took but has not answered, with the term they were taken in. When the
+    /// term moves on they are answered at once ("the leader changed; it may or may not have
+    /// been applied") instead of leaving the client to its timeout: a follower forwards to
+    /// the leader it knows, and a dead leader loses what it was sent.
+    inflight: HashMap<(u32, u64), u64>,
+    last_term: u64,
     last_compacted: u64,
 }
 
@@ -70,7 +78,7 @@ pub fn raft_config(id: u64, applied: u64) -> raft::Config {
     raft::Config {
         id,
         election_tick: 10,
-        heartbeat_tick: 3,
+        heartbeat_tick: 2,
         applied,
         max_size_per_msg: 1 << 20,
         max_inflight_msgs: 256,
@@ -115,6 +123,8 @@ impl Driver {
             cfg,
             last_role: StateRole::Follower,
             reads: BTreeMap::new(),
+            inflight: HashMap::new(),
+            last_term: 0,
             last_compacted,
         };
         d.refresh_peers();
@@ -245,6 +255,11 @@ impl Driver {
                 Ok(())
             }
         };
+        if r.is_ok() {
+            let term = self.replica.node.raft.term;
+            self.inflight.insert((shard, id), term);
+            return;
+        }
         if let Err(e) = r {
             let why = match e {
                 raft::Error::ProposalDropped => {
@@ -256,7 +271,8 @@ impl Driver {
         }
     }
 
-    fn route(&self, shard: u32, proposal_id: u64, outcome: Outcome) {
+    fn route(&mut self, shard: u32, proposal_id: u64, outcome: Outcome) {
+        self.inflight.remove(&(shard, proposal_id));
         if shard == self.local.id {
             self.local.deliver(proposal_id, outcome);
         } else if let Some(tx) = self.remote_results.get(shard as usize - 1) {
@@ -391,8 +407,33 @@ impl Driver {
         Ok(())
     }
 
+    /// Answers requests taken in an earlier term (see `inflight`).
+    fn fail_stale(&mut self) {
+        let term = self.replica.node.raft.term;
+        if term == self.last_term {
+            return;
+        }
+        self.last_term = term;
+        let stale: Vec<(u32, u64)> = self.inflight.iter().filter(|(_, t)| **t < term).map(|(k, _)| *k).collect();
+        for (shard, id) in stale {
+            self.route(
+                shard,
+                id,
+                Outcome::Dropped(
+                    "the Raft leader changed before this was committed; it may or may not have been applied".into(),
+                ),
+            );
+        }
+        // Read barriers are re-asked by nobody: drop them the same way.
+        let reads: Vec<(u32, u64)> = std::mem::take(&mut self.reads).into_values().flatten().collect();
+        for (shard, id) in reads {
+            self.route(shard, id, Outcome::Dropped("the Raft leader changed; retry the read".into()));
+        }
+    }
+
     /// Publishes the raft status for metrics, /health and JournalStatus.
     fn publish(&mut self) {
+        self.fail_stale();
         let r = &self.replica.node.raft;
         let role = r.state;
         if role != self.last_role {

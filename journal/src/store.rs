@@ -140,13 +140,19 @@ impl Store {
         if self.inner.raft_meta.get(&w, KEY_BOOTSTRAPPED)?.is_some() {
             return Err(StoreError::Corrupt("already bootstrapped".into()));
         }
-        // The founding member alone: every other journal comes in through the replicated
-        // membership (conf changes the founder proposes once it leads).
+        // The founding member alone, recorded as a snapshot at index 1 (term 1): the log
+        // starts at 2, so every journal that joins later is sent that snapshot first and learns
+        // the founding membership (and the founder's address) from it; everything after comes
+        // through replicated conf changes. The founder then campaigns from term 1.
         let cs = ConfState { voters: vec![me.id], ..Default::default() };
-        self.inner.members.put(&mut w, &u64_key(me.id), &me.encode_to_vec())?;
         self.put_proto(&mut w, KEY_CONF_STATE, &cs)?;
-        // The log starts after a virtual snapshot at index 0, term 0.
-        self.inner.raft_meta.put(&mut w, KEY_FIRST_INDEX, &u64_key(1))?;
+        let hs = HardState { term: 1, vote: 0, commit: 1, ..Default::default() };
+        self.put_proto(&mut w, KEY_HARD_STATE, &hs)?;
+        self.inner.raft_meta.put(&mut w, KEY_FIRST_INDEX, &u64_key(2))?;
+        self.inner.raft_meta.put(&mut w, KEY_SNAPSHOT_INDEX, &u64_key(1))?;
+        self.inner.raft_meta.put(&mut w, KEY_SNAPSHOT_TERM, &u64_key(1))?;
+        self.inner.state_meta.put(&mut w, KEY_APPLIED_INDEX, &u64_key(1))?;
+        self.inner.members.put(&mut w, &u64_key(me.id), &me.encode_to_vec())?;
         self.inner.raft_meta.put(&mut w, KEY_BOOTSTRAPPED, &u64_key(1))?;
         w.commit()?;
         Ok(())

@@ -6,6 +6,7 @@
 //! `fdatasync` after each write, i.e. what one durable write per commit would cost. The
 //! ratio shows how far batching (one fsync per raft Ready round) takes the journal past that.
 
+use crate::etcd::{etcd_on_path, etcd_version, run_etcd, EtcdRow};
 use crate::journal_proc::{default_binary, JournalProc};
 use hdrhistogram::Histogram;
 use nanoserde::SerJson;
@@ -39,6 +40,63 @@ struct Report {
     journal_cores: u32,
     machine_cpus: u32,
     rows: Vec<Row>,
+    /// "etcd" or "none".
+    baseline: String,
+    etcd_version: String,
+    /// One per row when the etcd baseline ran, else empty.
+    etcd: Vec<EtcdComparison>,
+}
+
+/// pact against etcd at one client count. Ratios are pact/etcd: throughput above 1 and
+/// p99 below 1 favour pact.
+#[derive(SerJson)]
+struct EtcdComparison {
+    clients: u32,
+    pact_commits_per_sec: f64,
+    pact_p99_ms: f64,
+    etcd: EtcdRow,
+    throughput_ratio: f64,
+    p99_ratio: f64,
+}
+
+fn compare_to_etcd(pact: &Row, etcd: EtcdRow) -> EtcdComparison {
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    EtcdComparison {
+        clients: pact.clients,
+        pact_commits_per_sec: pact.commits_per_sec,
+        pact_p99_ms: pact.p99_ms,
+        throughput_ratio: ratio(pact.commits_per_sec, etcd.puts_per_sec),
+        p99_ratio: ratio(pact.p99_ms, etcd.p99_ms),
+        etcd,
+    }
+}
+
+fn print_etcd_table(version: &str, rows: &[EtcdComparison]) {
+    println!(
+        "baseline: etcd {version}, 3 members on 127.0.0.1 (fsync on), puts to the leader via the v3 JSON gateway; \
+         ratios are pact/etcd"
+    );
+    println!(
+        "{:>8} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10}",
+        "clients", "puts", "errors", "puts/s", "p50 ms", "p99 ms", "p999 ms", "max ms", "cpu s", "x thrput", "x p99"
+    );
+    for c in rows {
+        let e = &c.etcd;
+        println!(
+            "{:>8} {:>9} {:>7} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>10.2} {:>10.2}",
+            c.clients,
+            e.puts,
+            e.errors,
+            e.puts_per_sec,
+            e.p50_ms,
+            e.p99_ms,
+            e.p999_ms,
+            e.max_ms,
+            e.etcd_cpu_seconds,
+            c.throughput_ratio,
+            c.p99_ratio
+        );
+    }
 }
 
 struct Opts {
@@ -49,6 +107,8 @@ struct Opts {
     journal: PathBuf,
     dir: PathBuf,
     json: Option<PathBuf>,
+    /// Run etcd side by side (`--baseline etcd`).
+    etcd: bool,
 }
 
 fn parse(args: Vec<std::ffi::OsString>) -> Result<Opts, String> {
@@ -61,6 +121,7 @@ fn parse(args: Vec<std::ffi::OsString>) -> Result<Opts, String> {
         journal: default_binary(),
         dir: PathBuf::from("perf/results"),
         json: None,
+        etcd: etcd_on_path().is_some(),
     };
     let mut p = lexopt::Parser::from_args(args);
     fn value(p: &mut lexopt::Parser) -> Result<String, String> {
@@ -88,6 +149,13 @@ fn parse(args: Vec<std::ffi::OsString>) -> Result<Opts, String> {
             "journal" => o.journal = PathBuf::from(val()?),
             "dir" => o.dir = PathBuf::from(val()?),
             "json" => o.json = Some(PathBuf::from(val()?)),
+            "baseline" => {
+                o.etcd = match val()?.as_str() {
+                    "etcd" => true,
+                    "none" => false,
+                    other => return Err(format!("--baseline: expected etcd or none, got {other:?}")),
+                }
+            }
             other => return Err(format!("commit: unknown option --{other}")),
         }
     }
@@ -183,12 +251,28 @@ fn one_run(o: &Opts, clients: u32) -> Result<Row, String> {
 pub fn run(args: Vec<std::ffi::OsString>) -> Result<(), (u8, String)> {
     let o = parse(args).map_err(|e| (2, e))?;
     std::fs::create_dir_all(&o.dir).map_err(|e| (1, format!("{}: {e}", o.dir.display())))?;
+    let etcd_version = match (o.etcd, etcd_on_path()) {
+        (false, None) => {
+            println!("note: etcd baseline skipped: no etcd binary on PATH (apt-get install etcd-server)");
+            String::new()
+        }
+        (false, Some(_)) => String::new(),
+        (true, None) => {
+            return Err((1, "--baseline etcd: no etcd binary on PATH (apt-get install etcd-server)".into()))
+        }
+        (true, Some(bin)) => etcd_version(&bin).map_err(|e| (1, e))?,
+    };
     let baseline = fsync_baseline(&o.dir, o.payload, o.seconds.min(5)).map_err(|e| (1, e))?;
     let mut rows = Vec::new();
+    let mut etcd = Vec::new();
     for &c in &o.clients {
         let mut r = one_run(&o, c).map_err(|e| (1, e))?;
         r.fsync_baseline_per_sec = baseline;
         r.ratio_to_fsync_baseline = r.commits_per_sec / baseline;
+        if o.etcd {
+            let e = run_etcd(c, o.seconds, o.payload, &o.dir).map_err(|e| (1, format!("etcd baseline: {e}")))?;
+            etcd.push(compare_to_etcd(&r, e));
+        }
         rows.push(r);
     }
     println!(
@@ -218,12 +302,18 @@ pub fn run(args: Vec<std::ffi::OsString>) -> Result<(), (u8, String)> {
             r.ratio_to_fsync_baseline
         );
     }
+    if o.etcd {
+        print_etcd_table(&etcd_version, &etcd);
+    }
     let report = Report {
         benchmark: "commit".into(),
         payload_bytes: o.payload as u32,
         journal_cores: o.cores.unwrap_or(0) as u32,
         machine_cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
         rows,
+        baseline: if o.etcd { "etcd" } else { "none" }.into(),
+        etcd_version,
+        etcd,
     };
     let json_path = o.json.clone().unwrap_or_else(|| o.dir.join("commit.json"));
     std::fs::write(&json_path, report.serialize_json()).map_err(|e| (1, format!("{}: {e}", json_path.display())))?;
