@@ -153,20 +153,29 @@ impl LinkTask {
         }
     }
 
+    /// TCP, TLS and the pact hello, all within CONNECT_TIMEOUT: a peer that accepts but never
+    /// answers (a process that just died can leave its listener accepting for a while) must
+    /// not hold the link forever.
     async fn connect(&self) -> Result<futures_rustls::client::TlsStream<TcpStream>, String> {
-        let tcp = glommio::timer::timeout(CONNECT_TIMEOUT, async { TcpStream::connect(self.addr.as_str()).await })
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
         let name =
             rustls::pki_types::ServerName::try_from(crate::pki::raft_name(self.peer)).map_err(|e| e.to_string())?;
-        let mut tls = TlsConnector::from(self.tls.clone()).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
-        tls.write_all(&frame::client_hello()).await.map_err(|e| e.to_string())?;
-        tls.flush().await.map_err(|e| e.to_string())?;
-        let mut answer = [0u8; HANDSHAKE_LEN];
-        tls.read_exact(&mut answer).await.map_err(|e| e.to_string())?;
-        frame::check_server_answer(&answer)?;
-        Ok(tls)
+        let connector = TlsConnector::from(self.tls.clone());
+        let addr = self.addr.clone();
+        glommio::timer::timeout(CONNECT_TIMEOUT, async move {
+            let io = |e: String| glommio::GlommioError::from(std::io::Error::other(e));
+            let tcp = TcpStream::connect(addr.as_str()).await?;
+            let _ = tcp.set_nodelay(true);
+            tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
+            let mut tls = connector.connect(name, tcp).await.map_err(|e| io(format!("TLS: {e}")))?;
+            tls.write_all(&frame::client_hello()).await?;
+            tls.flush().await?;
+            let mut answer = [0u8; HANDSHAKE_LEN];
+            tls.read_exact(&mut answer).await?;
+            frame::check_server_answer(&answer).map_err(io)?;
+            Ok(tls)
+        })
+        .await
+        .map_err(|e| e.to_string())
     }
 
     /// Writes messages until the queue closes (Ok) or the connection fails (Err, with the

@@ -251,7 +251,8 @@ impl Drop for EtcdCluster {
 }
 
 /// The value of the first `"key": ...` in a JSON text, unquoted if it is a string. Enough
-/// for etcd's status answer, whose ids are decimal strings (uint64 in grpc-gateway JSON).
+/// for etcd's status and range answers, whose uint64s are decimal strings (grpc-gateway
+/// JSON); not a JSON parser (a key inside a string value would fool it).
 fn json_field(body: &str, key: &str) -> Option<String> {
     let pat = format!("\"{key}\"");
     let at = body.find(&pat)? + pat.len();
@@ -376,6 +377,19 @@ impl HttpConn {
     }
 }
 
+/// How many keys lie in [from, to), by a linearizable `count_only` range.
+fn count_keys(addr: &str, from: &[u8], to: &[u8]) -> Result<u64, String> {
+    let body = format!("{{\"key\":\"{}\",\"range_end\":\"{}\",\"count_only\":true}}", base64(from), base64(to));
+    let (code, answer) = HttpConn::connect(addr)?.request("POST", "/v3/kv/range", body.as_bytes())?;
+    let answer = String::from_utf8_lossy(&answer);
+    if code != 200 {
+        return Err(format!("/v3/kv/range: HTTP {code}: {answer}"));
+    }
+    // The gateway leaves zero-valued fields out.
+    json_field(&answer, "count")
+        .map_or(Ok(0), |c| c.parse().map_err(|_| format!("/v3/kv/range: bad count in {answer}")))
+}
+
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -446,8 +460,13 @@ pub fn run_etcd(clients: u32, seconds: u64, payload: usize, dir: &Path) -> Resul
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = cluster.cpu_seconds() - cpu_before;
-    drop(cluster);
     let puts = hist.len();
+    // Every acknowledged put must be there (a put counted as an error may be there too).
+    let stored = count_keys(&leader, b"bench/", b"bench0")?;
+    if stored < puts {
+        return Err(format!("etcd acknowledged {puts} puts but holds {stored} bench/ keys"));
+    }
+    drop(cluster);
     Ok(EtcdRow {
         clients,
         seconds: secs,
