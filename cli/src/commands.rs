@@ -26,6 +26,11 @@ COMMANDS:
   commit -m MSG               record a commit on the current vCluster
   rollback SEQ [-m MSG]       record a rollback to entry SEQ
   apply SPEC.toml             record a vCluster overlay spec as a commit
+  journal status              every journal: role, term, commit/applied index, lag
+  journal add-voter ID --raft-addr H:P --client-addr H:P
+  journal add-learner ID --raft-addr H:P --client-addr H:P
+  journal promote ID          make a learner a voter
+  journal remove ID           remove a voter or learner
 
 GLOBAL OPTIONS:
   --endpoint HOST:PORT        journal address        [PACT_ENDPOINT]   (default localhost:9443)
@@ -33,6 +38,7 @@ GLOBAL OPTIONS:
   --ca-cert FILE              CA to trust            [PACT_TLS_CA]     (default /etc/pact/ca.crt)
   --vcluster NAME             default vCluster       [PACT_VCLUSTER]   (default \"default\")
   --output text|json          output format          [PACT_OUTPUT]
+  --linearizable              reads wait for the Raft read index (as current as the leader)
   -h, --help                  help (also after any command)
   -V, --version               version
 
@@ -95,8 +101,10 @@ const VALUE_OPTS: &[(&str, Option<char>)] = &[
     ("m", None),
     ("ttl", None),
     ("node", None),
+    ("raft-addr", None),
+    ("client-addr", None),
 ];
-const FLAG_OPTS: &[&str] = &["oldest-first", "dry-run"];
+const FLAG_OPTS: &[&str] = &["oldest-first", "dry-run", "linearizable"];
 
 fn parse(args: Vec<OsString>) -> Result<Parsed, Failure> {
     let mut p = Parsed {
@@ -205,6 +213,7 @@ pub fn run(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<
         "commit" => COMMIT_HELP,
         "rollback" => ROLLBACK_HELP,
         "apply" => APPLY_HELP,
+        "journal" => crate::journal_cmd::HELP,
         "help" => return Ok(USAGE.into()),
         other => return Err(Failure::usage(format!("unknown command {other:?}\n\n{USAGE}"))),
     };
@@ -217,11 +226,26 @@ pub fn run(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<
         "log" => log(&p, &s),
         "commit" => commit(&p, &s),
         "rollback" => rollback(&p, &s),
+        "journal" => {
+            p.only("journal", &["raft-addr", "client-addr"], &["linearizable"], 2)?;
+            let opts = crate::journal_cmd::Opts {
+                raft_addr: p.opt("raft-addr").map(str::to_string),
+                client_addr: p.opt("client-addr").map(str::to_string),
+            };
+            let first = || connect_with(&s, p.flag("linearizable"));
+            crate::journal_cmd::run(&p.positionals, &opts, &s, first)
+        }
         _ => apply(&p, &s),
     }
 }
 
-fn connect(s: &Settings) -> Result<Client, Failure> {
+fn connect_with(s: &Settings, linearizable: bool) -> Result<Client, Failure> {
+    let mut c = connect(s)?;
+    c.set_linearizable(linearizable);
+    Ok(c)
+}
+
+pub fn connect(s: &Settings) -> Result<Client, Failure> {
     let Some(token) = &s.token else {
         return Err(Failure::new(
             EXIT_AUTH,
@@ -258,8 +282,8 @@ fn parse_u64(name: &str, v: &str) -> Result<u64, Failure> {
 }
 
 fn status(p: &Parsed, s: &Settings) -> Result<String, Failure> {
-    p.only("status", &[], &[], 1)?;
-    let mut c = connect(s)?;
+    p.only("status", &[], &["linearizable"], 1)?;
+    let mut c = connect_with(s, p.flag("linearizable"))?;
     match p.positionals.first() {
         None => {
             let st: JournalStatus = c.call(Method::JournalStatus, &JournalStatusRequest {})?;
@@ -294,7 +318,7 @@ fn status(p: &Parsed, s: &Settings) -> Result<String, Failure> {
 }
 
 fn log(p: &Parsed, s: &Settings) -> Result<String, Failure> {
-    p.only("log", &["n", "scope", "from", "to"], &["oldest-first"], 0)?;
+    p.only("log", &["n", "scope", "from", "to"], &["oldest-first", "linearizable"], 0)?;
     let limit = match p.opt("n") {
         Some(v) => parse_u64("-n", v)?.clamp(1, 10_000) as u32,
         None => 20,
@@ -307,7 +331,7 @@ fn log(p: &Parsed, s: &Settings) -> Result<String, Failure> {
         limit,
         oldest_first: p.flag("oldest-first"),
     };
-    let mut c = connect(s)?;
+    let mut c = connect_with(s, p.flag("linearizable"))?;
     let entries: Vec<ConfigEntry> = c.call_stream(Method::ListEntries, &req)?;
     Ok(match s.output {
         Format::Json => entries.iter().map(output::entry_json).collect::<Vec<_>>().serialize_json(),

@@ -14,6 +14,7 @@
 //! | 10   | rollback blocked                                                   |
 
 mod commands;
+mod journal_cmd;
 mod output;
 mod settings;
 mod spec;

@@ -122,7 +122,7 @@ pub fn metrics_text(shard: &ShardRef) -> String {
             g(&s.applied_index),
         ),
         ("pact_journal_raft_log_entries", "gauge", "Entries held in the raft log (log size).", log_entries),
-        ("pact_journal_raft_snapshot_index", "gauge", "Index of the latest snapshot (0 = none).", 0),
+        ("pact_journal_raft_snapshot_index", "gauge", "Index of the latest snapshot (0 = none).", g(&s.snapshot_index)),
         ("pact_journal_raft_proposals_total", "counter", "Proposals submitted to raft.", g(&s.proposals_total)),
         (
             "pact_journal_raft_proposals_failed_total",

@@ -213,15 +213,19 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
                 ),
             ));
         }
-    } else if cfg.bootstrap || cfg.dev || cluster.all.len() <= 1 {
+    } else if cfg.bootstrap || cfg.dev || (cluster.all.len() == 1 && cluster.me.is_some()) {
         // The founding journal: a membership of itself, then it invites the configured others
-        // as voters (and learners) through replicated conf changes once it leads. A lone
-        // journal needs no --bootstrap: there is nobody else to agree with.
+        // as voters (and learners) through replicated conf changes once it leads. A journal
+        // whose configuration names only itself needs no --bootstrap: nobody else could found it.
         store.bootstrap(&me).map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
         invite = cluster.all.iter().filter(|m| m.id != cfg.node_id).cloned().collect();
         info!("bootstrapped a new journal: founding member {} ({} more to invite)", me.id, invite.len());
     } else {
-        info!("data dir is empty and --bootstrap was not given: waiting to join through the replicated membership");
+        info!(
+            "data dir is empty and --bootstrap was not given: waiting to be added to a quorum \
+             (`pact journal add-voter|add-learner {}` on it), or start with --bootstrap to found a new one",
+            cfg.node_id
+        );
     }
 
     // glommio sets SO_REUSEPORT on every listener, so a second journal on the same port would
@@ -275,6 +279,7 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
     };
     let mut raft_side = Some((prop_rx, res_tx, peer_server_tls, peer_client_tls, driver_cfg));
     let raft_listen = cluster.raft_listen;
+    let me_for_shards = me.clone();
     for id in 0..cores as u32 {
         // One shard per allowed CPU; more shards than CPUs run unpinned.
         let placement = match allowed.get(id as usize) {
@@ -286,6 +291,7 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
         let listen = cfg.listen_addr;
         let metrics_listen = if id == 0 { cfg.metrics_listen } else { None };
         let raft_parts = if id == 0 { raft_side.take() } else { None };
+        let me_member = me_for_shards.clone();
         let to_raft = if id == 0 { None } else { prop_tx[id as usize - 1].take() };
         let from_raft = if id == 0 { None } else { res_rx[id as usize - 1].take() };
         let h = LocalExecutorBuilder::new(placement)
@@ -312,7 +318,7 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
                     };
                     glommio::spawn_local(peer::serve(raft_listener, peer_server_tls, local_tx.clone(), shared.clone()))
                         .detach();
-                    let peers = peer::Peers::new(shared.node_id, peer_client_tls, local_tx.clone(), shared.clone());
+                    let peers = peer::Peers::new(&me_member, peer_client_tls, local_tx.clone(), shared.clone());
                     let me = Rc::new(Shard::new(
                         0,
                         store.clone(),

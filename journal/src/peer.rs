@@ -44,6 +44,8 @@ struct Link {
 /// Outgoing links to every other journal.
 pub struct Peers {
     me: u64,
+    /// What this journal tells the peers it dials (its id and Raft address).
+    hello: Vec<u8>,
     links: RefCell<HashMap<u64, Link>>,
     tls: Arc<rustls::ClientConfig>,
     inbox: Rc<LocalSender<Input>>,
@@ -51,8 +53,19 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(me: u64, tls: Arc<rustls::ClientConfig>, inbox: Rc<LocalSender<Input>>, shared: Arc<Shared>) -> Peers {
-        Peers { me, links: RefCell::new(HashMap::new()), tls, inbox, shared }
+    pub fn new(
+        me: &pact_proto::journal::Member,
+        tls: Arc<rustls::ClientConfig>,
+        inbox: Rc<LocalSender<Input>>,
+        shared: Arc<Shared>,
+    ) -> Peers {
+        use prost::Message as _;
+        Peers { me: me.id, hello: me.encode_to_vec(), links: RefCell::new(HashMap::new()), tls, inbox, shared }
+    }
+
+    /// Whether a link to this peer exists (its address is known).
+    pub fn knows(&self, id: u64) -> bool {
+        self.links.borrow().contains_key(&id)
     }
 
     /// Makes the links match the address book: new peers get a link, changed addresses a new
@@ -68,6 +81,7 @@ impl Peers {
             links.insert(*id, Link { addr: addr.clone(), outbox: tx });
             let task = LinkTask {
                 me: self.me,
+                hello: self.hello.clone(),
                 peer: *id,
                 addr: addr.clone(),
                 tls: self.tls.clone(),
@@ -99,6 +113,7 @@ impl Peers {
 
 struct LinkTask {
     me: u64,
+    hello: Vec<u8>,
     peer: u64,
     addr: String,
     tls: Arc<rustls::ClientConfig>,
@@ -161,6 +176,7 @@ impl LinkTask {
             rustls::pki_types::ServerName::try_from(crate::pki::raft_name(self.peer)).map_err(|e| e.to_string())?;
         let connector = TlsConnector::from(self.tls.clone());
         let addr = self.addr.clone();
+        let hello = self.hello.clone();
         glommio::timer::timeout(CONNECT_TIMEOUT, async move {
             let io = |e: String| glommio::GlommioError::from(std::io::Error::other(e));
             let tcp = TcpStream::connect(addr.as_str()).await?;
@@ -172,6 +188,10 @@ impl LinkTask {
             let mut answer = [0u8; HANDSHAKE_LEN];
             tls.read_exact(&mut answer).await?;
             frame::check_server_answer(&answer).map_err(io)?;
+            // Who we are and where to answer us: a journal that just joined knows nobody's
+            // address until its first snapshot, but must answer the leader before it gets one.
+            let hello = Frame::new(FrameKind::Request, Method::RaftHello as u16, 0, hello);
+            tls.write_all(&hello.encode().map_err(|e| io(e.to_string()))?).await?;
             Ok(tls)
         })
         .await
@@ -279,6 +299,16 @@ async fn peer_connection(acceptor: &TlsAcceptor, stream: TcpStream, inbox: &Loca
         let h = decode_header(&hb, MAX_PEER_FRAME).map_err(|e| e.to_string())?;
         let mut body = vec![0u8; h.body_len as usize];
         tls.read_exact(&mut body).await.map_err(|e| e.to_string())?;
+        if h.kind == FrameKind::Request && h.method == Method::RaftHello as u16 {
+            use prost::Message as _;
+            let m = pact_proto::journal::Member::decode(&body[..]).map_err(|e| format!("raft hello: {e}"))?;
+            check_identity(&cert, m.id)?;
+            verified_as = Some(m.id);
+            if !m.raft_addr.is_empty() && inbox.send(Input::PeerAddress(m.id, m.raft_addr)).await.is_err() {
+                return Ok(());
+            }
+            continue;
+        }
         if h.kind != FrameKind::Request || h.method != Method::RaftMessage as u16 {
             return Err(format!("unexpected frame {:?}/{} on the raft port", h.kind, h.method));
         }

@@ -43,6 +43,8 @@ pub enum Input {
     Unreachable(u64),
     /// A snapshot message to a peer was written (true) or lost (false).
     SnapshotDone(u64, bool),
+    /// A peer that dialed us said where its Raft port is (used until the address book has it).
+    PeerAddress(u64, String),
 }
 
 pub struct DriverConfig {
@@ -223,6 +225,13 @@ impl Driver {
                 }
             }
             Input::Unreachable(id) => self.node().report_unreachable(id),
+            Input::PeerAddress(id, addr) => {
+                if !self.peers.knows(id) {
+                    self.cfg.configured_peers.retain(|(i, _)| *i != id);
+                    self.cfg.configured_peers.push((id, addr));
+                    self.refresh_peers();
+                }
+            }
             Input::SnapshotDone(id, ok) => {
                 let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
                 self.node().report_snapshot(id, status);

@@ -70,6 +70,7 @@ methods! {
     ServiceControl = 85, false, "Agent: start/stop/restart/status of services.";
     Power = 86, false, "Agent: reboot or power off the node.";
     RaftMessage = 100, false, "Journal peers: one raft-rs message.";
+    RaftHello = 101, false, "Journal peers: the dialer's id and Raft address (a pact.journal.Member), first on a link.";
 }
 
 #[cfg(test)]
