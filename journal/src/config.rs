@@ -58,6 +58,9 @@ Options:
                          DIR/dev/, no default config file, node id 1; defaults become
                          data dir ./.pact-dev, listen 127.0.0.1:9443, metrics 127.0.0.1:9091
   --check                validate the configuration, print it and exit
+  --mint-token SUBJECT   print a 1-hour pact-platform-admin token signed with the configured
+                         HMAC secret (PACT_OIDC_HMAC_SECRET / [policy.iam] hmac_secret), and
+                         exit: for development and scripts, never with JWKS
   -h, --help             print this help and exit
   -V, --version          print the version and exit
 
@@ -77,6 +80,9 @@ pub struct Flags {
     pub peers: Option<String>,
     pub metrics_listen: Option<String>,
     pub raft_listen: Option<String>,
+    /// `--mint-token SUBJECT`: print a pact-platform-admin token signed with the configured
+    /// HMAC secret, then exit (development and scripts only).
+    pub mint_token: Option<String>,
     /// Already checked to be a positive integer by [`parse_args`].
     pub cores: Option<usize>,
     pub bootstrap: bool,
@@ -133,6 +139,10 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation
                 let v = flag_string(&mut parser, "--metrics-listen")?;
                 set_once(&mut flags.metrics_listen, v, "--metrics-listen")?;
             }
+            Long("mint-token") => {
+                let v = flag_string(&mut parser, "--mint-token")?;
+                set_once(&mut flags.mint_token, v, "--mint-token")?;
+            }
             Long("raft-listen") => {
                 let v = flag_string(&mut parser, "--raft-listen")?;
                 set_once(&mut flags.raft_listen, v, "--raft-listen")?;
@@ -156,6 +166,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation
                     "peers",
                     "metrics-listen",
                     "raft-listen",
+                    "mint-token",
                     "cores",
                     "bootstrap",
                     "dev",
@@ -1368,6 +1379,7 @@ prometheus_listen = "10.0.0.1:2001"
                 peers: Some("3=h:1".into()),
                 metrics_listen: Some("127.0.0.1:2".into()),
                 raft_listen: None,
+                mint_token: None,
                 cores: Some(2),
                 bootstrap: true,
                 dev: true,

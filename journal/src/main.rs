@@ -64,6 +64,23 @@ fn main() -> ExitCode {
         .or_else(|| log::Level::parse(cfg.telemetry.log_level.as_str()))
         .unwrap_or(log::Level::Info);
     log::init(level, cfg.telemetry.log_format == config::LogFormat::Json);
+    if let Some(subject) = &flags.mint_token {
+        let (Some(secret), Some(issuer)) = (&cfg.policy.iam.hmac_secret, &cfg.policy.iam.oidc_issuer) else {
+            eprintln!("pact-journal: --mint-token needs an HMAC secret and an issuer (PACT_OIDC_HMAC_SECRET, PACT_OIDC_ISSUER)");
+            return ExitCode::from(EXIT_CONFIG);
+        };
+        let audience = cfg.policy.iam.oidc_audience.clone().unwrap_or_else(|| DEFAULT_AUDIENCE.into());
+        match HmacVerifier::new(secret.as_bytes(), issuer, &audience).mint(subject, "pact-platform-admin", 3600) {
+            Ok(t) => {
+                println!("{t}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("pact-journal: --mint-token: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
+    }
     if flags.check {
         println!(
             "{}: configuration OK",
