@@ -92,7 +92,7 @@ pub struct Flags {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Invocation {
-    Run(Flags),
+    Run(Box<Flags>),
     Help,
     Version,
 }
@@ -189,7 +189,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation
             }
         }
     }
-    Ok(Invocation::Run(flags))
+    Ok(Invocation::Run(Box::new(flags)))
 }
 
 fn lexopt_message(e: lexopt::Error) -> String {
@@ -1345,7 +1345,7 @@ prometheus_listen = "10.0.0.1:2001"
 
     #[test]
     fn parse_args_flags() {
-        assert_eq!(args(&[]).unwrap(), Invocation::Run(Flags::default()));
+        assert_eq!(args(&[]).unwrap(), Invocation::Run(Box::default()));
         assert_eq!(args(&["--dev", "-h"]).unwrap(), Invocation::Help);
         assert_eq!(args(&["--help"]).unwrap(), Invocation::Help);
         assert_eq!(args(&["-V"]).unwrap(), Invocation::Version);
@@ -1371,7 +1371,7 @@ prometheus_listen = "10.0.0.1:2001"
         .unwrap();
         assert_eq!(
             got,
-            Invocation::Run(Flags {
+            Invocation::Run(Box::new(Flags {
                 config: Some("/c.toml".into()),
                 data_dir: Some("/d".into()),
                 listen: Some("127.0.0.1:1".into()),
@@ -1384,7 +1384,7 @@ prometheus_listen = "10.0.0.1:2001"
                 bootstrap: true,
                 dev: true,
                 check: true,
-            })
+            }))
         );
     }
 
