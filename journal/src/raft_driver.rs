@@ -300,16 +300,21 @@ impl Driver {
         if self.replica.node.raft.has_pending_conf() {
             return;
         }
-        let known: Vec<u64> = self.replica.node.raft.prs().conf().voters().ids().iter().collect();
-        self.cfg.invite.retain(|m| !known.contains(&m.id));
+        let conf = self.replica.node.raft.prs().conf();
+        let voters: Vec<u64> = conf.voters().ids().iter().collect();
+        let learners: Vec<u64> = conf.learners().iter().copied().collect();
+        self.cfg.invite.retain(|m| {
+            let is_learner = m.role == "learner";
+            !(voters.contains(&m.id) || (is_learner && learners.contains(&m.id)))
+        });
         let Some(m) = self.cfg.invite.first().cloned() else { return };
         let ctx = Command { member: Some(m.clone()), ..Default::default() };
         let mut cc = ConfChange::default();
-        cc.set_change_type(ConfChangeType::AddNode);
+        cc.set_change_type(if m.role == "learner" { ConfChangeType::AddLearnerNode } else { ConfChangeType::AddNode });
         cc.node_id = m.id;
         cc.context = ctx.encode_to_vec().into();
         match self.node().propose_conf_change(vec![], cc) {
-            Ok(()) => info!("inviting journal {} ({}) as a voter", m.id, m.raft_addr),
+            Ok(()) => info!("inviting journal {} ({}) as a {}", m.id, m.raft_addr, m.role),
             Err(e) => debug!("inviting journal {}: {e}", m.id),
         }
     }
