@@ -93,6 +93,18 @@ fn main() -> ExitCode {
             cfg.listen_addr,
             cfg.data_dir.display()
         );
+        match cluster::resolve(&cfg) {
+            Ok(c) => {
+                println!("  raft port listens on {}", c.raft_listen);
+                for m in &c.all {
+                    println!("  journal {} ({}): raft {}, client {}", m.id, m.role, m.raft_addr, m.client_addr);
+                }
+            }
+            Err(e) => {
+                eprintln!("pact-journal: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
         for note in &cfg.not_yet_active {
             println!("  configured, not yet active: {note}");
         }
