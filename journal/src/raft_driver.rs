@@ -17,7 +17,7 @@ use crate::{debug, error, info, warn};
 use futures_lite::future::poll_once;
 use glommio::channels::local_channel::LocalReceiver;
 use glommio::channels::shared_channel::ConnectedSender;
-use pact_proto::journal::{ApplyResult, Command, Member, MembershipAction};
+use pact_proto::journal::{ApplyResult, Command, Member, MembershipAction, ProposalOrigin};
 use prost::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeType, Message};
 use raft::{RawNode, SnapshotStatus, StateRole};
@@ -73,6 +73,8 @@ pub struct Driver {
     /// the leader it knows, and a dead leader loses what it was sent.
     inflight: HashMap<(u32, u64), u64>,
     last_term: u64,
+    /// In-memory mirror of what `apply` reads; answers clients at commit time.
+    shadow: state::Shadow,
     last_compacted: u64,
 }
 
@@ -115,6 +117,7 @@ impl Driver {
         let node = RawNode::new(&rc, RaftStorage { store: store.clone() }, &crate::log::raft_logger())
             .map_err(|e| format!("raft: {e}"))?;
         let last_compacted = store.log_bounds().map_err(|e| e.to_string())?.2;
+        let shadow = store.shadow().map_err(|e| e.to_string())?;
         let d = Driver {
             replica: Replica::new(node),
             store,
@@ -127,6 +130,7 @@ impl Driver {
             reads: BTreeMap::new(),
             inflight: HashMap::new(),
             last_term: 0,
+            shadow,
             last_compacted,
         };
         d.refresh_peers();
@@ -331,10 +335,28 @@ impl Driver {
         let had_membership =
             apply.iter().any(|e| e.get_entry_type() != raft::eraftpb::EntryType::EntryNormal) || snapshot.is_some();
         let reads: Vec<(u64, Vec<u8>)> = read_states.iter().map(|r| (r.index, r.request_ctx.clone())).collect();
+        // Answer this replica's clients now: the entries are committed (durable on a quorum),
+        // and their results are what the transaction below will store. Reads on this replica
+        // wait for that transaction (`Shared::acked_index`), so a client still reads its writes.
+        let early = if snapshot.is_none() { Some(self.shadow_apply(apply)?) } else { None };
+        if let Some(results) = &early {
+            let last = apply.last().map(|e| e.index).unwrap_or(0);
+            self.shared.acked_index.fetch_max(last, Ordering::Relaxed);
+            for (origin, result) in results.clone() {
+                self.answer(origin, result);
+            }
+        }
         let results = self.persist(&round).await?;
-        for (origin, result) in results {
-            if origin.node_id == self.shared.node_id {
-                self.route(origin.shard, origin.proposal_id, Outcome::Applied(result));
+        let applied = self.replica.node.raft.raft_log.applied.max(apply.last().map(|e| e.index).unwrap_or(0));
+        self.shared.durable_applied.fetch_max(applied, Ordering::Relaxed);
+        match early {
+            // The shadow and the store must agree: apply is deterministic.
+            Some(early) => assert_eq!(early, results, "in-memory and stored apply results differ"),
+            None => {
+                self.shadow = self.store.shadow().map_err(|e| e.to_string())?;
+                for (origin, result) in results {
+                    self.answer(origin, result);
+                }
             }
         }
         let after = self.replica.finish(round);
@@ -354,6 +376,31 @@ impl Driver {
         Shared::inc(&self.shared.ready_rounds_total);
         self.publish();
         Ok(())
+    }
+
+    fn answer(&mut self, origin: ProposalOrigin, result: ApplyResult) {
+        if origin.node_id == self.shared.node_id {
+            self.route(origin.shard, origin.proposal_id, Outcome::Applied(result));
+        }
+    }
+
+    /// Runs `apply` over the in-memory shadow for committed entries.
+    fn shadow_apply(&mut self, entries: &[raft::eraftpb::Entry]) -> Result<Vec<(ProposalOrigin, ApplyResult)>, String> {
+        let mut out = Vec::new();
+        for e in entries {
+            let decoded = decode_entry(e)?;
+            let (input, origin) = match &decoded {
+                Decoded::Empty => (StateInput::Empty, None),
+                Decoded::Command(c) => (StateInput::Command(c), c.origin),
+                Decoded::Membership(m) => (StateInput::Membership(m), membership_origin(e)),
+            };
+            if let Some(r) = state::apply(&mut self.shadow, e.index, input).map_err(|x| x.to_string())? {
+                if let Some(o) = origin {
+                    out.push((o, r));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The round's one transaction, on the blocking pool.

@@ -70,6 +70,11 @@ pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<R
         // Read index: wait until this replica has applied what the leader had committed.
         shard.read_barrier().await?;
     }
+    if is_read(method) {
+        // Writes are answered at commit time, a moment before their applied state is stored:
+        // a read waits for that, so a client always reads what it was told was written.
+        shard.wait_stored().await?;
+    }
     match method {
         Method::AppendEntry => {
             let r: AppendEntryRequest = decode(method, body)?;

@@ -131,6 +131,20 @@ impl Shard {
         }
     }
 
+    /// Waits until everything already answered to clients is stored (readable), at most 2 s.
+    pub async fn wait_stored(&self) -> Result<(), RemoteError> {
+        use std::sync::atomic::Ordering;
+        let target = self.shared.acked_index.load(Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while self.shared.durable_applied.load(Ordering::Relaxed) < target {
+            if std::time::Instant::now() > deadline {
+                return Err(RemoteError::new(ErrorCode::Timeout, "the journal's store is not keeping up (2 s)"));
+            }
+            glommio::timer::sleep(Duration::from_micros(200)).await;
+        }
+        Ok(())
+    }
+
     /// Waits until this replica has applied everything the leader had committed when asked.
     pub async fn read_barrier(&self) -> Result<(), RemoteError> {
         let (proposal_id, _) = self.origin();

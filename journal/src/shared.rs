@@ -20,6 +20,10 @@ pub struct Shared {
     pub last_index: AtomicU64,
     pub last_sequence: AtomicU64,
     pub snapshot_index: AtomicU64,
+    /// Highest raft index whose results were sent to clients (possibly before being stored).
+    pub acked_index: AtomicU64,
+    /// Highest raft index whose applied state is committed to LMDB (readable).
+    pub durable_applied: AtomicU64,
     pub is_learner: AtomicBool,
     /// On the leader: each member's matched log index (for status and lag).
     pub matched: Mutex<HashMap<u64, u64>>,

@@ -30,6 +30,64 @@ pub trait StateTxn {
     fn remove_member(&mut self, id: u64) -> Result<()>;
 }
 
+/// The few values `apply` reads (applied index, next sequence, last timestamp, the address
+/// book), kept in memory by the raft shard. Running `apply` over it gives a committed
+/// command's result (its sequence, its timestamp) as soon as the entry is committed, so the
+/// client is answered without waiting for the transaction that stores the applied state:
+/// the entry is already durable on a quorum, and replaying it gives the same result. Writes
+/// of entries, overlays and node states are no-ops here; the LMDB transaction does them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Shadow {
+    pub applied: u64,
+    pub next_sequence: u64,
+    pub last_ts: (i64, u32),
+    pub members: std::collections::BTreeMap<u64, Member>,
+}
+
+impl StateTxn for Shadow {
+    fn applied_index(&self) -> Result<u64> {
+        Ok(self.applied)
+    }
+    fn set_applied_index(&mut self, index: u64) -> Result<()> {
+        self.applied = index;
+        Ok(())
+    }
+    fn next_sequence(&self) -> Result<u64> {
+        Ok(self.next_sequence.max(1))
+    }
+    fn set_next_sequence(&mut self, seq: u64) -> Result<()> {
+        self.next_sequence = seq;
+        Ok(())
+    }
+    fn last_timestamp(&self) -> Result<(i64, u32)> {
+        Ok(self.last_ts)
+    }
+    fn set_last_timestamp(&mut self, ts: (i64, u32)) -> Result<()> {
+        self.last_ts = ts;
+        Ok(())
+    }
+    fn put_entry(&mut self, _: &ConfigEntry) -> Result<()> {
+        Ok(())
+    }
+    fn put_overlay(&mut self, _: &OverlayRecord) -> Result<()> {
+        Ok(())
+    }
+    fn put_node_state(&mut self, _: &NodeConfigState) -> Result<()> {
+        Ok(())
+    }
+    fn members(&self) -> Result<Vec<Member>> {
+        Ok(self.members.values().cloned().collect())
+    }
+    fn put_member(&mut self, m: &Member) -> Result<()> {
+        self.members.insert(m.id, m.clone());
+        Ok(())
+    }
+    fn remove_member(&mut self, id: u64) -> Result<()> {
+        self.members.remove(&id);
+        Ok(())
+    }
+}
+
 /// A committed membership change, as the state machine sees it: the address book follows the
 /// raft configuration.
 #[derive(Clone, Debug, PartialEq)]

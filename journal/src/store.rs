@@ -371,6 +371,17 @@ impl Store {
         Ok((self.first_index_in(&r)?, self.last_index_in(&r)?, self.snapshot_point(&r)?.0))
     }
 
+    /// The values the raft shard keeps in memory (see `state::Shadow`), as stored now.
+    pub fn shadow(&self) -> Result<crate::state::Shadow> {
+        let r = self.read_txn()?;
+        Ok(crate::state::Shadow {
+            applied: self.meta_u64(&r, KEY_APPLIED_INDEX)?,
+            next_sequence: self.next_sequence(&r)?,
+            last_ts: self.last_timestamp(&r)?,
+            members: members_in(&self.inner.members, &r)?.into_iter().map(|m| (m.id, m)).collect(),
+        })
+    }
+
     pub fn members(&self) -> Result<Vec<Member>> {
         let r = self.read_txn()?;
         members_in(&self.inner.members, &r)
