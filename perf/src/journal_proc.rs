@@ -70,11 +70,6 @@ impl JournalProc {
         }
     }
 
-    pub fn client(&self) -> Result<Client, String> {
-        Client::connect(&self.endpoint, self.tls.clone(), &self.token, Duration::from_secs(30))
-            .map_err(|e| e.to_string())
-    }
-
     /// Total CPU seconds (user + system) the journal process has used so far.
     pub fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
