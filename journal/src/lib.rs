@@ -15,6 +15,7 @@ pub mod rpc;
 pub mod server;
 pub mod shard;
 pub mod shared;
+pub mod sim;
 pub mod state;
 pub mod store;
 pub mod sys;

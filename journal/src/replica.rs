@@ -166,6 +166,16 @@ impl<S: Storage> Replica<S> {
                 round.conf_state = Some(cs.map_err(|x| format!("applying conf change {}: {x}", e.index))?);
             }
         }
+        // A leader that has just applied its own removal steps down (as etcd does): raft-rs
+        // would otherwise keep it leading a configuration it is not in, and panic the next
+        // time it tries to advance the commit index over its own missing progress.
+        if let Some(cs) = &round.conf_state {
+            let raft = &mut self.node.raft;
+            if raft.state == raft::StateRole::Leader && !cs.voters.contains(&raft.id) {
+                let term = raft.term;
+                raft.become_follower(term, raft::INVALID_ID);
+            }
+        }
         Ok(Some(round))
     }
 
