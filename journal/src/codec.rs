@@ -6,7 +6,7 @@
 //! | database      | key                                         | value                                   |
 //! |---------------|---------------------------------------------|-----------------------------------------|
 //! | `raft_log`    | raft index, u64 big-endian (8 bytes)         | `eraftpb::Entry`, rust-protobuf bytes   |
-//! | `raft_meta`   | ASCII name: `hard_state`, `conf_state`, `first_index`, `bootstrapped`, `snapshot_index`, `snapshot_term` | protobuf bytes / u64 BE |
+//! | `raft_meta`   | ASCII name: `hard_state`, `conf_state`, `first_index`, `bootstrapped`, `snapshot_index`, `snapshot_term` (protobuf bytes / u64 BE); `invites` (prost) |
 //! | `state_meta`  | ASCII name: `applied_index`, `next_sequence`, `last_ts`, `partitions` | u64 BE (`last_ts`: i64 BE secs + u32 BE nanos) |
 //! | `entries`     | sequence, u64 big-endian                     | `pact.config.ConfigEntry`, prost bytes  |
 //! | `entry_scope` | scope tag (1 byte) + scope id + 0x00 + sequence u64 BE | empty                      |
@@ -42,6 +42,9 @@ pub const DB_OVERLAYS: &str = "overlays";
 pub const DB_MEMBERS: &str = "members";
 
 pub const KEY_SNAPSHOT_INDEX: &[u8] = b"snapshot_index";
+/// Founder only: members still to invite (`pact.journal.ChangeMembershipResponse`, prost), so a
+/// founder that restarts before every invitation was applied picks up where it stopped.
+pub const KEY_INVITES: &[u8] = b"invites";
 pub const KEY_SNAPSHOT_TERM: &[u8] = b"snapshot_term";
 
 /// Record kinds in snapshot data.

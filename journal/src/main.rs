@@ -231,7 +231,7 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
     let store = Store::open(&cfg.data_dir, cfg.cores as u32).map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
     let bootstrapped = store.is_bootstrapped().map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
     let me = cluster.me.clone().unwrap_or_else(|| cluster::lone_member(&cfg, cluster.raft_listen));
-    let mut invite = Vec::new();
+    let mut invite = store.invites().map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
     if bootstrapped {
         if cfg.bootstrap {
             return Err((
@@ -248,6 +248,7 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
         // whose configuration names only itself needs no --bootstrap: nobody else could found it.
         store.bootstrap(&me).map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
         invite = cluster.all.iter().filter(|m| m.id != cfg.node_id).cloned().collect();
+        store.set_invites(&invite).map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
         info!("bootstrapped a new journal: founding member {} ({} more to invite)", me.id, invite.len());
     } else {
         info!(

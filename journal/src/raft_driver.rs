@@ -307,10 +307,17 @@ impl Driver {
         let conf = self.replica.node.raft.prs().conf();
         let voters: Vec<u64> = conf.voters().ids().iter().collect();
         let learners: Vec<u64> = conf.learners().iter().copied().collect();
+        let before = self.cfg.invite.len();
         self.cfg.invite.retain(|m| {
             let is_learner = m.role == "learner";
             !(voters.contains(&m.id) || (is_learner && learners.contains(&m.id)))
         });
+        if self.cfg.invite.len() != before {
+            // Small and rare (once per founding member): a direct write is fine here.
+            if let Err(e) = self.store.set_invites(&self.cfg.invite) {
+                warn!("recording the remaining invitations: {e}");
+            }
+        }
         let Some(m) = self.cfg.invite.first().cloned() else { return };
         let ctx = Command { member: Some(m.clone()), ..Default::default() };
         let mut cc = ConfChange::default();

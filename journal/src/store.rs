@@ -371,6 +371,27 @@ impl Store {
         Ok((self.first_index_in(&r)?, self.last_index_in(&r)?, self.snapshot_point(&r)?.0))
     }
 
+    /// Members the founder has still to invite (see `codec::KEY_INVITES`).
+    pub fn invites(&self) -> Result<Vec<Member>> {
+        let r = self.read_txn()?;
+        match self.inner.raft_meta.get(&r, KEY_INVITES)? {
+            None => Ok(Vec::new()),
+            Some(b) => Ok(decode_prost::<pact_proto::journal::ChangeMembershipResponse>(b, "invites")?.members),
+        }
+    }
+
+    pub fn set_invites(&self, members: &[Member]) -> Result<()> {
+        let mut w = self.write_txn()?;
+        if members.is_empty() {
+            self.inner.raft_meta.delete(&mut w, KEY_INVITES)?;
+        } else {
+            let v = pact_proto::journal::ChangeMembershipResponse { members: members.to_vec() };
+            self.inner.raft_meta.put(&mut w, KEY_INVITES, &v.encode_to_vec())?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
     /// The values the raft shard keeps in memory (see `state::Shadow`), as stored now.
     pub fn shadow(&self) -> Result<crate::state::Shadow> {
         let r = self.read_txn()?;
