@@ -32,6 +32,15 @@ const EXIT_DATA_DIR: u8 = 4;
 const EXIT_BIND: u8 = 5;
 
 fn main() -> ExitCode {
+    // A panic anywhere (a shard, the raft driver) ends the process: a journal with a dead raft
+    // thread must not keep answering as if it were fine. The supervisor restarts it, and it
+    // recovers from its store.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        eprintln!("pact-journal: fatal: a thread panicked; aborting so the journal restarts from its store");
+        std::process::abort();
+    }));
     let inv = match config::parse_args(std::env::args_os().skip(1)) {
         Ok(i) => i,
         Err(e) => {

@@ -118,6 +118,15 @@ impl Driver {
             .map_err(|e| format!("raft: {e}"))?;
         let last_compacted = store.log_bounds().map_err(|e| e.to_string())?.2;
         let shadow = store.shadow().map_err(|e| e.to_string())?;
+        // Reads wait until the state they see includes what this replica had already answered
+        // before it restarted (`Shared::acked_index`). That is at least its persisted commit
+        // index; a lone voter answered everything in its log (its own disk was the quorum).
+        let (_, last_index, _) = store.log_bounds().map_err(|e| e.to_string())?;
+        let hs = store.hard_state().map_err(|e| e.to_string())?;
+        let conf = store.conf_state().map_err(|e| e.to_string())?;
+        let barrier = if conf.voters == [shared.node_id] { last_index } else { hs.commit };
+        shared.durable_applied.store(applied, Ordering::Relaxed);
+        shared.acked_index.store(barrier.max(applied), Ordering::Relaxed);
         let d = Driver {
             replica: Replica::new(node),
             store,
@@ -169,6 +178,8 @@ impl Driver {
         } else if voters.is_empty() {
             info!("no membership yet: waiting to be added through the replicated membership");
         }
+        // Status readers see real values from the start, not zeros.
+        self.publish();
         let mut last_tick = Instant::now();
         loop {
             if self.shared.is_shutting_down() {
@@ -475,14 +486,17 @@ impl Driver {
         Ok(())
     }
 
-    /// Answers requests taken in an earlier term (see `inflight`).
+    /// Answers requests taken in an earlier term, or all of them when this node stops leading
+    /// (a leader cut off from its quorum steps down without a new term; see `inflight`).
     fn fail_stale(&mut self) {
         let term = self.replica.node.raft.term;
-        if term == self.last_term {
+        let stepped_down = self.last_role == StateRole::Leader && self.replica.node.raft.state != StateRole::Leader;
+        if term == self.last_term && !stepped_down {
             return;
         }
         self.last_term = term;
-        let stale: Vec<(u32, u64)> = self.inflight.iter().filter(|(_, t)| **t < term).map(|(k, _)| *k).collect();
+        let stale: Vec<(u32, u64)> =
+            self.inflight.iter().filter(|(_, t)| stepped_down || **t < term).map(|(k, _)| *k).collect();
         for (shard, id) in stale {
             self.route(
                 shard,
