@@ -27,6 +27,8 @@ pub const DEFAULT_CERT_LIFETIME_SECONDS: u64 = 259_200;
 pub const DEFAULT_RATE_LIMIT_PER_MINUTE: u64 = 100;
 pub const DEFAULT_HEARTBEAT_TIMEOUT_SECONDS: u64 = 300;
 pub const DEFAULT_SYNC_INTERVAL_SECONDS: u64 = 300;
+/// Shortest HMAC secret accepted for development tokens.
+pub const MIN_HMAC_SECRET: usize = 32;
 /// `--dev` defaults: loopback only, data in the current directory.
 pub const DEV_LISTEN: &str = "127.0.0.1:9443";
 pub const DEV_METRICS_LISTEN: &str = "127.0.0.1:9091";
@@ -54,6 +56,9 @@ Options:
   --cores N              executor threads [default: online CPUs]
   --bootstrap            initialise a new Raft cluster (first start of node 1 only; never on
                          restarts or on other nodes)
+  --learner              join the quorum that PEERS / [journal.raft] members name as a learner
+                         (a non-voting read replica): it asks the leader over the Raft port,
+                         authenticated by its certificate from the cluster CA
   --dev                  development mode: throw-away CA, certificate and admin token in
                          DIR/dev/, no default config file, node id 1; defaults become
                          data dir ./.pact-dev, listen 127.0.0.1:9443, metrics 127.0.0.1:9091
@@ -86,6 +91,8 @@ pub struct Flags {
     /// Already checked to be a positive integer by [`parse_args`].
     pub cores: Option<usize>,
     pub bootstrap: bool,
+    /// `--learner`: join the quorum named by PEERS/members as a learner (non-voting replica).
+    pub learner: bool,
     pub dev: bool,
     pub check: bool,
 }
@@ -155,6 +162,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation
                 set_once(&mut flags.cores, n, "--cores")?;
             }
             Long("bootstrap") => flags.bootstrap = true,
+            Long("learner") => flags.learner = true,
             Long("dev") => flags.dev = true,
             Long("check") => flags.check = true,
             Long(other) => {
@@ -169,6 +177,7 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Invocation
                     "mint-token",
                     "cores",
                     "bootstrap",
+                    "learner",
                     "dev",
                     "check",
                     "help",
@@ -429,6 +438,7 @@ pub struct JournalConfig {
     /// Executor threads: `--cores`, else the number of online CPUs.
     pub cores: usize,
     pub bootstrap: bool,
+    pub learner: bool,
     pub dev: bool,
     /// Settings that were given but whose feature is not implemented yet, one line each
     /// (e.g. "journal.enrollment.*"); the binary should warn about each.
@@ -500,6 +510,7 @@ fn load_with_default(
         learners: Vec::new(),
         cores: 1,
         bootstrap: flags.bootstrap,
+        learner: flags.learner,
         dev: flags.dev,
         not_yet_active: Vec::new(),
     };
@@ -584,8 +595,25 @@ fn load_with_default(
     if let Some(v) = env("PACT_OIDC_AUDIENCE") {
         iam.oidc_audience = Some(v);
     }
-    if let Some(v) = env("PACT_OIDC_HMAC_SECRET") {
+    let from_env = env("PACT_OIDC_HMAC_SECRET");
+    if let Some(v) = from_env.clone() {
         iam.hmac_secret = Some(v);
+    }
+    // HS256 with a short secret is guessable; jwt-simple refuses keys under 32 bytes anyway,
+    // which would otherwise show up as every token being rejected.
+    if let Some(secret) = &iam.hmac_secret {
+        if secret.len() < MIN_HMAC_SECRET {
+            let msg = format!("the HMAC secret must be at least {MIN_HMAC_SECRET} bytes, found {}", secret.len());
+            return Err(match from_env {
+                Some(_) => ConfigError::env("PACT_OIDC_HMAC_SECRET", msg),
+                None => ConfigError::new(
+                    config_file.as_ref().map_or("configuration".to_string(), |p| p.display().to_string()),
+                    None,
+                    "policy.iam.hmac_secret",
+                    msg,
+                ),
+            });
+        }
     }
     // Tokens are checked against both issuer and audience; one without the other is a
     // half-configured verifier.
@@ -649,10 +677,12 @@ fn load_with_default(
         _ => ConfigError::new("configuration", None, "", m),
     };
     let ids = |v: &[Peer]| v.iter().map(|p| p.id.to_string()).collect::<Vec<_>>().join(", ");
-    if !cfg.peers.is_empty() && !cfg.peers.iter().any(|p| p.id == node_id) {
+    // A journal started with --learner joins an existing quorum that the lists describe; it
+    // need not be in them.
+    if !cfg.peers.is_empty() && !flags.learner && !cfg.peers.iter().any(|p| p.id == node_id) {
         return Err(id_error(format!("node id {node_id} is not in {peers_from} (ids {})", ids(&cfg.peers))));
     }
-    let learner = cfg.learners.iter().any(|p| p.id == node_id);
+    let learner = flags.learner || cfg.learners.iter().any(|p| p.id == node_id);
     if !cfg.members.is_empty() && !learner && !cfg.members.iter().any(|p| p.id == node_id) {
         return Err(id_error(format!("node id {node_id} is not in journal.raft.members (ids {})", ids(&cfg.members))));
     }
@@ -1125,7 +1155,7 @@ heartbeat_timeout_seconds = 60
 [policy.iam]
 oidc_issuer = "pact-dev"
 oidc_audience = "pact"
-hmac_secret = "s3cret"
+hmac_secret = "s3cret-s3cret-s3cret-s3cret-s3cret"
 jwks_url = "https://idp/certs"
 [policy.federation]
 sovra_endpoint = "https://sovra.mgmt:8443"
@@ -1140,7 +1170,7 @@ prometheus_enabled = false
         assert_eq!(cfg.enrollment.cert_lifetime_seconds, 3600);
         assert_eq!(cfg.enrollment.rate_limit_per_minute, 5);
         assert_eq!(cfg.enrollment.heartbeat_timeout_seconds, 60);
-        assert_eq!(cfg.policy.iam.hmac_secret.as_deref(), Some("s3cret"));
+        assert_eq!(cfg.policy.iam.hmac_secret.as_deref(), Some("s3cret-s3cret-s3cret-s3cret-s3cret"));
         assert!(!format!("{:?}", cfg.policy.iam).contains("s3cret"));
         assert_eq!(cfg.policy.federation.sync_interval_seconds, 60);
         assert_eq!(cfg.metrics_listen, None);
@@ -1208,7 +1238,7 @@ members = ["1:a:9444"]
 [policy.iam]
 oidc_issuer = "file-issuer"
 oidc_audience = "file-aud"
-hmac_secret = "file-secret"
+hmac_secret = "file-secret-file-secret-file-secret-0"
 [telemetry]
 prometheus_listen = "10.0.0.1:2001"
 "#;
@@ -1218,7 +1248,7 @@ prometheus_listen = "10.0.0.1:2001"
         assert_eq!(cfg.data_dir, PathBuf::from("/file"));
         assert_eq!(cfg.metrics_listen, Some("10.0.0.1:2001".parse().unwrap()));
         assert_eq!(cfg.node_id, 1);
-        assert_eq!(cfg.policy.iam.hmac_secret.as_deref(), Some("file-secret"));
+        assert_eq!(cfg.policy.iam.hmac_secret.as_deref(), Some("file-secret-file-secret-file-secret-0"));
 
         // Environment over the file.
         let env = [
@@ -1229,7 +1259,7 @@ prometheus_listen = "10.0.0.1:2001"
             ("PACT_JOURNAL_PEERS", "1=env-host:9443"),
             ("PACT_OIDC_ISSUER", "env-issuer"),
             ("PACT_OIDC_AUDIENCE", "env-aud"),
-            ("PACT_OIDC_HMAC_SECRET", "env-secret"),
+            ("PACT_OIDC_HMAC_SECRET", "env-secret-env-secret-env-secret-0"),
         ];
         let cfg = load_text(text, Flags::default(), &env).unwrap();
         assert_eq!(cfg.listen_addr, "10.0.0.2:1002".parse().unwrap());
@@ -1238,7 +1268,7 @@ prometheus_listen = "10.0.0.1:2001"
         assert_eq!(cfg.peers[0].host, "env-host");
         assert_eq!(cfg.policy.iam.oidc_issuer.as_deref(), Some("env-issuer"));
         assert_eq!(cfg.policy.iam.oidc_audience.as_deref(), Some("env-aud"));
-        assert_eq!(cfg.policy.iam.hmac_secret.as_deref(), Some("env-secret"));
+        assert_eq!(cfg.policy.iam.hmac_secret.as_deref(), Some("env-secret-env-secret-env-secret-0"));
 
         // Flags over the environment.
         let flags = Flags {
@@ -1296,6 +1326,9 @@ prometheus_listen = "10.0.0.1:2001"
         );
         let e = load_env(&[("PACT_JOURNAL_PEERS", "1=a:9443,1=b:9443")]).unwrap_err();
         assert_eq!(e.to_string(), "environment variable PACT_JOURNAL_PEERS: node id 1 appears more than once");
+        let e = load_env(&[("PACT_OIDC_HMAC_SECRET", "short")]).unwrap_err();
+        assert_eq!(e.key, "PACT_OIDC_HMAC_SECRET");
+        assert!(e.to_string().contains("at least 32 bytes"), "{e}");
         for bad in ["0=a:9443", "1=a", "1=a:0", "1=a:99999", "1=:9443", "1=::1:9443", "a=b:1", ","] {
             let e = load_env(&[("PACT_JOURNAL_PEERS", bad)]).unwrap_err();
             assert_eq!(e.key, "PACT_JOURNAL_PEERS", "{bad}");
@@ -1382,6 +1415,7 @@ prometheus_listen = "10.0.0.1:2001"
                 mint_token: None,
                 cores: Some(2),
                 bootstrap: true,
+                learner: false,
                 dev: true,
                 check: true,
             }))

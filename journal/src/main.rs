@@ -239,7 +239,11 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
 
     let store = Store::open(&cfg.data_dir, cfg.cores as u32).map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
     let bootstrapped = store.is_bootstrapped().map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
-    let me = cluster.me.clone().unwrap_or_else(|| cluster::lone_member(&cfg, cluster.raft_listen));
+    let mut me = cluster.me.clone().unwrap_or_else(|| cluster::lone_member(&cfg, cluster.raft_listen));
+    if cfg.learner {
+        // Told to the peers in the link hello: the leader adds a journal that asks this.
+        me.role = "learner".into();
+    }
     let mut invite = store.invites().map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
     if bootstrapped {
         if cfg.bootstrap {

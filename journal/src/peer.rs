@@ -46,6 +46,8 @@ pub struct Peers {
     me: u64,
     /// What this journal tells the peers it dials (its id and Raft address).
     hello: Vec<u8>,
+    /// Started with --learner: connect at once so the hello (the join request) goes out.
+    joining: bool,
     links: RefCell<HashMap<u64, Link>>,
     tls: Arc<rustls::ClientConfig>,
     inbox: Rc<LocalSender<Input>>,
@@ -60,7 +62,15 @@ impl Peers {
         shared: Arc<Shared>,
     ) -> Peers {
         use prost::Message as _;
-        Peers { me: me.id, hello: me.encode_to_vec(), links: RefCell::new(HashMap::new()), tls, inbox, shared }
+        Peers {
+            me: me.id,
+            hello: me.encode_to_vec(),
+            joining: me.role == "learner",
+            links: RefCell::new(HashMap::new()),
+            tls,
+            inbox,
+            shared,
+        }
     }
 
     /// Whether a link to this peer exists (its address is known).
@@ -82,6 +92,7 @@ impl Peers {
             let task = LinkTask {
                 me: self.me,
                 hello: self.hello.clone(),
+                eager: self.joining,
                 peer: *id,
                 addr: addr.clone(),
                 tls: self.tls.clone(),
@@ -114,6 +125,7 @@ impl Peers {
 struct LinkTask {
     me: u64,
     hello: Vec<u8>,
+    eager: bool,
     peer: u64,
     addr: String,
     tls: Arc<rustls::ClientConfig>,
@@ -127,10 +139,13 @@ impl LinkTask {
         // A message taken from the queue but not yet written survives a reconnect.
         let mut carry: Option<Message> = None;
         loop {
+            // Links connect when raft has something to send; a journal asking to join as a
+            // learner has nothing to send yet, so it connects at once to deliver its hello.
             let first = match carry.take() {
-                Some(m) => m,
+                Some(m) => Some(m),
+                None if self.eager => None,
                 None => match rx.recv().await {
-                    Some(m) => m,
+                    Some(m) => Some(m),
                     None => return, // the peer was removed
                 },
             };
@@ -148,7 +163,9 @@ impl LinkTask {
                 }
                 Err(e) => {
                     debug!("raft link to {} at {}: {e}", self.peer, self.addr);
-                    self.failed(&first);
+                    if let Some(m) = &first {
+                        self.failed(m);
+                    }
                     // Drop what queued up meanwhile: raft resends from its own state.
                     while let Some(Some(m)) = futures_lite::future::poll_once(rx.recv()).await {
                         self.failed(&m);
@@ -203,10 +220,10 @@ impl LinkTask {
     async fn pump(
         &self,
         stream: &mut futures_rustls::client::TlsStream<TcpStream>,
-        first: Message,
+        first: Option<Message>,
         rx: &LocalReceiver<Message>,
     ) -> Result<(), (String, Option<Message>)> {
-        let mut next = Some(first);
+        let mut next = first;
         let mut buf = Vec::with_capacity(64 * 1024);
         loop {
             let m = match next.take() {
@@ -304,7 +321,7 @@ async fn peer_connection(acceptor: &TlsAcceptor, stream: TcpStream, inbox: &Loca
             let m = pact_proto::journal::Member::decode(&body[..]).map_err(|e| format!("raft hello: {e}"))?;
             check_identity(&cert, m.id)?;
             verified_as = Some(m.id);
-            if !m.raft_addr.is_empty() && inbox.send(Input::PeerAddress(m.id, m.raft_addr)).await.is_err() {
+            if inbox.send(Input::PeerHello(m)).await.is_err() {
                 return Ok(());
             }
             continue;

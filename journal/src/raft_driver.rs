@@ -43,8 +43,9 @@ pub enum Input {
     Unreachable(u64),
     /// A snapshot message to a peer was written (true) or lost (false).
     SnapshotDone(u64, bool),
-    /// A peer that dialed us said where its Raft port is (used until the address book has it).
-    PeerAddress(u64, String),
+    /// A peer that dialed us said who it is: where its Raft port is (used until the address
+    /// book has it), and, for a journal started with `--learner`, that it wants to join.
+    PeerHello(Member),
 }
 
 pub struct DriverConfig {
@@ -240,11 +241,23 @@ impl Driver {
                 }
             }
             Input::Unreachable(id) => self.node().report_unreachable(id),
-            Input::PeerAddress(id, addr) => {
-                if !self.peers.knows(id) {
-                    self.cfg.configured_peers.retain(|(i, _)| *i != id);
-                    self.cfg.configured_peers.push((id, addr));
+            Input::PeerHello(m) => {
+                if !m.raft_addr.is_empty() && !self.peers.knows(m.id) {
+                    self.cfg.configured_peers.retain(|(i, _)| *i != m.id);
+                    self.cfg.configured_peers.push((m.id, m.raft_addr.clone()));
                     self.refresh_peers();
+                }
+                // A journal that asks to join as a learner (it proved its id with its
+                // certificate from the cluster CA): the leader adds it, like an invitation.
+                let conf = self.replica.node.raft.prs().conf();
+                let member = conf.voters().contains(m.id) || conf.learners().contains(&m.id);
+                if m.role == "learner"
+                    && !member
+                    && self.replica.node.raft.state == StateRole::Leader
+                    && !self.cfg.invite.iter().any(|i| i.id == m.id)
+                {
+                    info!("journal {} asks to join as a learner", m.id);
+                    self.cfg.invite.push(m);
                 }
             }
             Input::SnapshotDone(id, ok) => {

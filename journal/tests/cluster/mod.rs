@@ -346,6 +346,8 @@ pub struct Node {
     pub frozen: bool,
     /// Pass --bootstrap at the next start (node 1's first start only).
     bootstrap_next: bool,
+    /// Pass --learner at every start: the journal asks the quorum to add it as a learner.
+    pub learner: bool,
     /// The journals its configuration names (written at each start).
     listed: Vec<u64>,
     proxy: Option<JoinHandle<()>>,
@@ -498,6 +500,7 @@ impl Cluster {
                 child: None,
                 frozen: false,
                 bootstrap_next: false,
+                learner: false,
                 listed,
                 proxy: Some(proxy),
             },
@@ -553,6 +556,9 @@ impl Cluster {
         if n.bootstrap_next {
             cmd.arg("--bootstrap");
             n.bootstrap_next = false;
+        }
+        if n.learner {
+            cmd.arg("--learner");
         }
         for (k, _) in std::env::vars() {
             if k.starts_with("PACT_") {
