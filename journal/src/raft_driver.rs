@@ -8,10 +8,10 @@
 //! The same loop runs a single voter and a quorum member: peers only add a transport.
 
 use crate::peer::Peers;
-use crate::replica::{decode_entry, Decoded, Replica, Round};
+use crate::replica::{apply_entries, Replica, Round};
 use crate::shard::{Ask, Outcome, Proposal, Shard};
 use crate::shared::{Shared, ROLE_CANDIDATE, ROLE_FOLLOWER, ROLE_LEADER, ROLE_PRE_CANDIDATE, ROLE_SHUTDOWN};
-use crate::state::{self, Input as StateInput};
+use crate::state;
 use crate::store::{LmdbState, RaftStorage, Store};
 use crate::{debug, error, info, warn};
 use futures_lite::future::poll_once;
@@ -417,21 +417,7 @@ impl Driver {
 
     /// Runs `apply` over the in-memory shadow for committed entries.
     fn shadow_apply(&mut self, entries: &[raft::eraftpb::Entry]) -> Result<Vec<(ProposalOrigin, ApplyResult)>, String> {
-        let mut out = Vec::new();
-        for e in entries {
-            let decoded = decode_entry(e)?;
-            let (input, origin) = match &decoded {
-                Decoded::Empty => (StateInput::Empty, None),
-                Decoded::Command(c) => (StateInput::Command(c), c.origin),
-                Decoded::Membership(m) => (StateInput::Membership(m), membership_origin(e)),
-            };
-            if let Some(r) = state::apply(&mut self.shadow, e.index, input).map_err(|x| x.to_string())? {
-                if let Some(o) = origin {
-                    out.push((o, r));
-                }
-            }
-        }
-        Ok(out)
+        apply_entries(&mut self.shadow, entries)
     }
 
     /// The round's one transaction, on the blocking pool.
@@ -448,26 +434,7 @@ impl Driver {
                 if let Some(s) = &snapshot {
                     store.install_snapshot(&mut w, s).map_err(|e| e.to_string())?;
                 }
-                let mut results = Vec::new();
-                {
-                    let mut t = LmdbState::new(&store, &mut w);
-                    for e in &apply {
-                        let decoded = decode_entry(e)?;
-                        let (input, origin) = match &decoded {
-                            Decoded::Empty => (StateInput::Empty, None),
-                            Decoded::Command(c) => (StateInput::Command(c), c.origin),
-                            Decoded::Membership(m) => {
-                                let origin = membership_origin(e);
-                                (StateInput::Membership(m), origin)
-                            }
-                        };
-                        if let Some(r) = state::apply(&mut t, e.index, input).map_err(|x| x.to_string())? {
-                            if let Some(o) = origin {
-                                results.push((o, r));
-                            }
-                        }
-                    }
-                }
+                let results = apply_entries(&mut LmdbState::new(&store, &mut w), &apply)?;
                 store.write_raft(&mut w, &append, hs.as_ref(), cs.as_ref()).map_err(|x| x.to_string())?;
                 w.commit().map_err(|x| x.to_string())?;
                 Ok(results)
@@ -563,12 +530,4 @@ impl Driver {
             }
         }
     }
-}
-
-/// The proposer of a membership change (in the conf change context), to answer it.
-fn membership_origin(e: &raft::eraftpb::Entry) -> Option<pact_proto::journal::ProposalOrigin> {
-    use protobuf::Message as _;
-    let mut cc = ConfChange::default();
-    cc.merge_from_bytes(&e.data).ok()?;
-    Command::decode(&cc.context[..]).ok()?.origin
 }

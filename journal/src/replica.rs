@@ -15,8 +15,8 @@
 //! Entries the light ready reports committed wait for the next round's transaction; the
 //! caller starts that round at once (`has_work`).
 
-use crate::state::MembershipChange;
-use pact_proto::journal::{Command, Member};
+use crate::state::{self, MembershipChange, StateTxn};
+use pact_proto::journal::{ApplyResult, Command, Member, ProposalOrigin};
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -70,6 +70,33 @@ pub fn decode_entry(e: &Entry) -> Result<Decoded, String> {
             Ok(Decoded::Membership(membership_change(single.get_change_type(), single.node_id, member)))
         }
     }
+}
+
+/// Applies committed entries through `state::apply` (on the LMDB transaction, the in-memory
+/// shadow or the simulation's state alike) and returns the results owed to their proposers.
+pub fn apply_entries<T: StateTxn>(t: &mut T, entries: &[Entry]) -> Result<Vec<(ProposalOrigin, ApplyResult)>, String> {
+    let mut out = Vec::new();
+    for e in entries {
+        let decoded = decode_entry(e)?;
+        let (input, origin) = match &decoded {
+            Decoded::Empty => (state::Input::Empty, None),
+            Decoded::Command(c) => (state::Input::Command(c), c.origin),
+            Decoded::Membership(m) => (state::Input::Membership(m), membership_origin(e)),
+        };
+        if let Some(r) = state::apply(t, e.index, input).map_err(|x| x.to_string())? {
+            if let Some(o) = origin {
+                out.push((o, r));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The proposer of a membership change (in the conf change context), to answer it.
+pub fn membership_origin(e: &Entry) -> Option<ProposalOrigin> {
+    let mut cc = ConfChange::default();
+    cc.merge_from_bytes(&e.data).ok()?;
+    Command::decode(&cc.context[..]).ok()?.origin
 }
 
 /// A conf change's context is a `Command` carrying the proposer (to answer it) and the

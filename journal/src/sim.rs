@@ -57,7 +57,7 @@
 
 use crate::codec::{self, put_snapshot_record, snapshot_records};
 use crate::raft_driver::raft_config;
-use crate::replica::{decode_entry, Decoded, Replica, Round};
+use crate::replica::{apply_entries, decode_entry, Decoded, Replica, Round};
 use crate::state::{self, Input as StateInput, Shadow, StateTxn};
 use crate::store::Result as StoreResult;
 use pact_proto::config::{
@@ -825,13 +825,6 @@ fn learners(node: &RawNode<SimStorage>) -> BTreeSet<u64> {
     node.raft.prs().conf().learners().iter().copied().collect()
 }
 
-/// The proposer of a membership change, from its context (as `raft_driver` does).
-fn membership_origin(e: &Entry) -> Option<ProposalOrigin> {
-    let mut cc = ConfChange::default();
-    cc.merge_from_bytes(&e.data).ok()?;
-    Command::decode(&cc.context[..]).ok()?.origin
-}
-
 /// Records (or compares with) the first committed copy of `e`.
 fn observe(committed: &mut BTreeMap<u64, Committed>, e: &Entry, who: u64, how: &str) -> Result<(), String> {
     let seen = Committed { term: e.term, kind: e.get_entry_type(), data: e.data.to_vec() };
@@ -866,21 +859,7 @@ fn shadow_of(s: &SimState) -> Shadow {
 
 /// `Driver::shadow_apply`: `apply` over the in-memory shadow for committed entries.
 fn shadow_apply(shadow: &mut Shadow, entries: &[Entry]) -> Result<Vec<(ProposalOrigin, ApplyResult)>, String> {
-    let mut out = Vec::new();
-    for e in entries {
-        let decoded = decode_entry(e)?;
-        let (input, origin) = match &decoded {
-            Decoded::Empty => (StateInput::Empty, None),
-            Decoded::Command(c) => (StateInput::Command(c), c.origin),
-            Decoded::Membership(m) => (StateInput::Membership(m), membership_origin(e)),
-        };
-        if let Some(r) = state::apply(shadow, e.index, input).map_err(|x| x.to_string())? {
-            if let Some(o) = origin {
-                out.push((o, r));
-            }
-        }
-    }
-    Ok(out)
+    apply_entries(shadow, entries)
 }
 
 /// A round made durable, as `Driver::persist` does it in one LMDB transaction: install the
@@ -895,21 +874,10 @@ fn persist(
     if let Some(s) = &round.snapshot {
         disk.install_snapshot(s)?;
     }
-    let mut results = Vec::new();
     for e in &round.apply {
         observe(committed, e, who, "applies")?;
-        let decoded = decode_entry(e)?;
-        let (input, origin) = match &decoded {
-            Decoded::Empty => (StateInput::Empty, None),
-            Decoded::Command(c) => (StateInput::Command(c), c.origin),
-            Decoded::Membership(m) => (StateInput::Membership(m), membership_origin(e)),
-        };
-        if let Some(r) = state::apply(&mut disk.state, e.index, input).map_err(|x| x.to_string())? {
-            if let Some(o) = origin {
-                results.push((o, r));
-            }
-        }
     }
+    let results = apply_entries(&mut disk.state, &round.apply)?;
     disk.write_raft(&round.append, round.hard_state.as_ref(), round.conf_state.as_ref())?;
     Ok(results)
 }
