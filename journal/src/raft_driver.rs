@@ -19,7 +19,7 @@ use glommio::channels::local_channel::LocalReceiver;
 use glommio::channels::shared_channel::ConnectedSender;
 use pact_proto::journal::{ApplyResult, Command, Member, MembershipAction, ProposalOrigin};
 use prost::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, Message};
+use raft::eraftpb::{ConfChange, ConfChangeType, HardState, Message};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -57,6 +57,22 @@ pub struct DriverConfig {
     pub invite: Vec<Member>,
 }
 
+/// A round that only applied committed entries (no new log entries, no term or vote change,
+/// no membership change) is not made durable on its own: its entries are already durable in
+/// the log, their answers went out from the shadow, and storing their applied state can ride
+/// on the next round's transaction (or a flush after `FLUSH_DELAY` of quiet). That saves one
+/// fsync per write for a lone client. Until stored, reads wait (`Shared::acked_index`) and
+/// the log is not compacted past them.
+#[derive(Default)]
+struct Deferred {
+    apply: Vec<raft::eraftpb::Entry>,
+    commit: u64,
+    results: Vec<(ProposalOrigin, ApplyResult)>,
+}
+
+/// Longest a deferred apply waits for the next round before it is flushed alone.
+const FLUSH_DELAY: Duration = Duration::from_micros(500);
+
 pub struct Driver {
     replica: Replica<RaftStorage>,
     store: Store,
@@ -76,6 +92,11 @@ pub struct Driver {
     last_term: u64,
     /// In-memory mirror of what `apply` reads; answers clients at commit time.
     shadow: state::Shadow,
+    /// Committed entries already answered from the shadow but not yet stored (see `round`).
+    deferred: Deferred,
+    /// Term and vote as last persisted: a round whose hard state changes only the commit
+    /// index may be deferred; one that changes term or vote may not.
+    persisted_term_vote: (u64, u64),
     last_compacted: u64,
 }
 
@@ -119,6 +140,7 @@ impl Driver {
             .map_err(|e| format!("raft: {e}"))?;
         let last_compacted = store.log_bounds().map_err(|e| e.to_string())?.2;
         let shadow = store.shadow().map_err(|e| e.to_string())?;
+        let persisted = store.hard_state().map_err(|e| e.to_string())?;
         // Reads wait until the state they see includes what this replica had already answered
         // before it restarted (`Shared::acked_index`). That is at least its persisted commit
         // index; a lone voter answered everything in its log (its own disk was the quorum).
@@ -141,6 +163,8 @@ impl Driver {
             inflight: HashMap::new(),
             last_term: 0,
             shadow,
+            deferred: Deferred::default(),
+            persisted_term_vote: (persisted.term, persisted.vote),
             last_compacted,
         };
         d.refresh_peers();
@@ -188,7 +212,10 @@ impl Driver {
             }
             let mut batch = 0usize;
             if !self.replica.has_pending() {
-                let left = TICK.saturating_sub(last_tick.elapsed());
+                let mut left = TICK.saturating_sub(last_tick.elapsed());
+                if !self.deferred.apply.is_empty() {
+                    left = left.min(FLUSH_DELAY);
+                }
                 match glommio::timer::timeout(left.max(Duration::from_millis(1)), async { Ok(inbox.recv().await) })
                     .await
                 {
@@ -221,6 +248,11 @@ impl Driver {
                 self.shared.failed.store(true, Ordering::Relaxed);
                 self.shared.shutdown.store(true, Ordering::Relaxed);
                 break;
+            }
+        }
+        if !self.deferred.apply.is_empty() {
+            if let Err(e) = self.flush().await {
+                warn!("storing the last applied entries at shutdown: {e} (they are replayed from the log)");
             }
         }
         while let Some(Some(i)) = poll_once(inbox.recv()).await {
@@ -356,6 +388,9 @@ impl Driver {
 
     async fn round(&mut self) -> Result<(), String> {
         let Some(round) = self.replica.begin()? else {
+            if !self.deferred.apply.is_empty() {
+                self.flush().await?;
+            }
             self.publish();
             return Ok(());
         };
@@ -377,16 +412,49 @@ impl Driver {
                 self.answer(origin, result);
             }
         }
-        let results = self.persist(&round).await?;
-        let applied = self.replica.node.raft.raft_log.applied.max(apply.last().map(|e| e.index).unwrap_or(0));
-        self.shared.durable_applied.fetch_max(applied, Ordering::Relaxed);
-        match early {
-            // The shadow and the store must agree: apply is deterministic.
-            Some(early) => assert_eq!(early, results, "in-memory and stored apply results differ"),
-            None => {
-                self.shadow = self.store.shadow().map_err(|e| e.to_string())?;
-                for (origin, result) in results {
-                    self.answer(origin, result);
+        let term_vote_kept = round.hard_state.as_ref().is_none_or(|h| (h.term, h.vote) == self.persisted_term_vote);
+        let deferrable = early.is_some()
+            && round.append.is_empty()
+            && round.conf_state.is_none()
+            && !had_membership
+            && term_vote_kept;
+        if let (true, Some(early)) = (deferrable, early.clone()) {
+            self.deferred.apply.extend(round.apply.iter().cloned());
+            if let Some(h) = &round.hard_state {
+                self.deferred.commit = self.deferred.commit.max(h.commit);
+            }
+            self.deferred.results.extend(early);
+        } else {
+            // What earlier rounds deferred is stored first, in order, in this transaction.
+            let deferred = std::mem::take(&mut self.deferred);
+            let mut all = deferred.apply;
+            all.extend(round.apply.iter().cloned());
+            let mut hs = round.hard_state.clone();
+            if deferred.commit > 0 {
+                let mut h = hs.unwrap_or_else(|| self.replica.node.raft.hard_state());
+                h.commit = h.commit.max(deferred.commit);
+                hs = Some(h);
+            }
+            let results = self
+                .persist(round.snapshot.clone(), all, round.append.clone(), hs.clone(), round.conf_state.clone())
+                .await?;
+            if let Some(h) = &hs {
+                self.persisted_term_vote = (h.term, h.vote);
+            }
+            let applied = self.replica.node.raft.raft_log.applied.max(apply.last().map(|e| e.index).unwrap_or(0));
+            self.shared.durable_applied.fetch_max(applied, Ordering::Relaxed);
+            match early {
+                // The shadow and the store must agree: apply is deterministic.
+                Some(early) => {
+                    let mut expected = deferred.results;
+                    expected.extend(early);
+                    assert_eq!(expected, results, "in-memory and stored apply results differ");
+                }
+                None => {
+                    self.shadow = self.store.shadow().map_err(|e| e.to_string())?;
+                    for (origin, result) in results {
+                        self.answer(origin, result);
+                    }
                 }
             }
         }
@@ -409,6 +477,19 @@ impl Driver {
         Ok(())
     }
 
+    /// Stores deferred applied entries on their own (nothing else came along).
+    async fn flush(&mut self) -> Result<(), String> {
+        let d = std::mem::take(&mut self.deferred);
+        let last = d.apply.last().map(|e| e.index).unwrap_or(0);
+        let mut hs = self.replica.node.raft.hard_state();
+        hs.commit = hs.commit.max(d.commit);
+        debug_assert_eq!((hs.term, hs.vote), self.persisted_term_vote, "a flush never carries a new term or vote");
+        let results = self.persist(None, d.apply, Vec::new(), Some(hs), None).await?;
+        assert_eq!(d.results, results, "in-memory and stored apply results differ");
+        self.shared.durable_applied.fetch_max(last, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn answer(&mut self, origin: ProposalOrigin, result: ApplyResult) {
         if origin.node_id == self.shared.node_id {
             self.route(origin.shard, origin.proposal_id, Outcome::Applied(result));
@@ -421,13 +502,15 @@ impl Driver {
     }
 
     /// The round's one transaction, on the blocking pool.
-    async fn persist(&self, round: &Round) -> Result<Vec<(pact_proto::journal::ProposalOrigin, ApplyResult)>, String> {
+    async fn persist(
+        &self,
+        snapshot: Option<raft::eraftpb::Snapshot>,
+        apply: Vec<raft::eraftpb::Entry>,
+        append: Vec<raft::eraftpb::Entry>,
+        hs: Option<HardState>,
+        cs: Option<raft::eraftpb::ConfState>,
+    ) -> Result<Vec<(ProposalOrigin, ApplyResult)>, String> {
         let store = self.store.clone();
-        let snapshot = round.snapshot.clone();
-        let apply = round.apply.clone();
-        let append = round.append.clone();
-        let hs = round.hard_state.clone();
-        let cs = round.conf_state.clone();
         glommio::executor()
             .spawn_blocking(move || -> Result<_, String> {
                 let mut w = store.write_txn().map_err(|e| e.to_string())?;
@@ -455,7 +538,8 @@ impl Driver {
     /// Every `snapshot_interval` applied entries, drop the log up to the applied index; a
     /// lagging or new peer then gets a snapshot of the applied state instead.
     async fn maybe_compact(&mut self) -> Result<(), String> {
-        let applied = self.replica.node.raft.raft_log.applied;
+        // Only what is stored: deferred entries must stay in the log until their state is.
+        let applied = self.shared.durable_applied.load(Ordering::Relaxed).min(self.replica.node.raft.raft_log.applied);
         if self.cfg.snapshot_interval == 0 || applied < self.last_compacted + self.cfg.snapshot_interval {
             return Ok(());
         }
