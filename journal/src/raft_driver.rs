@@ -387,7 +387,7 @@ impl Driver {
     }
 
     async fn round(&mut self) -> Result<(), String> {
-        let Some(round) = self.replica.begin()? else {
+        let Some(mut round) = self.replica.begin()? else {
             if !self.deferred.apply.is_empty() {
                 self.flush().await?;
             }
@@ -395,7 +395,7 @@ impl Driver {
             return Ok(());
         };
         if !round.send_now.is_empty() {
-            self.peers.send(round.send_now.clone());
+            self.peers.send(std::mem::take(&mut round.send_now));
         }
         let Round { ref apply, ref read_states, ref snapshot, .. } = round;
         let had_membership =
