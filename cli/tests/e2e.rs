@@ -691,3 +691,43 @@ fn an_unreachable_journal_exits_5() {
     let r = cli.run(Tok::Flag(&token), &["status"]);
     assert_eq!(r.code, 5, "{r:?}");
 }
+
+#[test]
+fn journal_status_and_membership_commands() {
+    let j = Journal::start("e2e-journal");
+    let cli = Cli::new(&j, "journal");
+    let token = j.token();
+
+    let text = cli.ok(Tok::Flag(&token), &["journal", "status"]);
+    assert!(text.contains("leader: 1; quorum healthy"), "{text}");
+    assert!(text.lines().any(|l| l.trim_start().starts_with("1  voter    leader")), "{text}");
+
+    let q = parse_json(&cli.ok(Tok::Flag(&token), &["--output", "json", "journal", "status"]));
+    assert_eq!(q.get("leader_id").u64(), 1);
+    assert_eq!(q.get("healthy"), &Json::Bool(true));
+    let members = q.get("members").arr();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].get("membership").str(), "voter");
+    assert_eq!(members[0].get("role").str(), "leader");
+    assert_eq!(members[0].get("lag").u64(), 0);
+
+    // A linearizable read goes through the read index and answers the same.
+    cli.ok(Tok::Flag(&token), &["commit", "-m", "read me"]);
+    let out = cli.ok(Tok::Flag(&token), &["--linearizable", "log", "-n", "1"]);
+    assert!(out.contains("read me"), "{out}");
+
+    // Bad membership requests are refused before or by the journal, changing nothing.
+    let r = cli.run(Tok::Flag(&token), &["journal", "add-voter", "2"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("--raft-addr"), "{r:?}");
+    let r = cli.run(Tok::Flag(&token), &["journal", "remove", "7"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("not a member"), "{r:?}");
+    let r = cli.run(Tok::Flag(&token), &["journal", "promote", "1"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("not a learner"), "{r:?}");
+    let r = cli.run(Tok::Flag(&token), &["journal", "frobnicate"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let text = cli.ok(Tok::Flag(&token), &["journal", "status"]);
+    assert!(text.contains("leader: 1; quorum healthy"), "{text}");
+}
