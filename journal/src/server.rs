@@ -35,8 +35,18 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often the accept loop looks at the shutdown flag.
 const ACCEPT_POLL: Duration = Duration::from_millis(200);
 
+/// A listener for this shard: SO_REUSEPORT so every shard binds the same port and the kernel
+/// spreads connections over them, and SO_REUSEADDR so a journal restarted right after a crash
+/// can bind over the TIME_WAIT connections its previous run left behind.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).map_err(|e| std::io::Error::other(e.to_string()))
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sk = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sk.set_reuse_address(true)?;
+    sk.set_reuse_port(true)?;
+    sk.bind(&addr.into())?;
+    sk.listen(1024)?;
+    let std_listener: std::net::TcpListener = sk.into();
+    crate::sys::into_glommio_listener(std_listener)
 }
 
 /// Accepts connections until shutdown, each handled on its own task, at most `max_open` at

@@ -3,7 +3,7 @@
 #![allow(unsafe_code)]
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::path::Path;
 
 /// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and every thread it spawns
@@ -71,4 +71,12 @@ pub fn allowed_cpus() -> Vec<usize> {
         }
         (0..libc::CPU_SETSIZE as usize).filter(|c| libc::CPU_ISSET(*c, &set)).collect()
     }
+}
+
+/// Hands a bound, listening std socket to glommio (which has no constructor taking options).
+pub fn into_glommio_listener(l: std::net::TcpListener) -> std::io::Result<glommio::net::TcpListener> {
+    let fd = l.into_raw_fd();
+    // SAFETY: `fd` is a listening TCP socket we own (just released from `l`); glommio takes
+    // ownership and closes it when its listener drops.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(fd) })
 }
