@@ -418,12 +418,12 @@ impl Driver {
             && round.conf_state.is_none()
             && !had_membership
             && term_vote_kept;
-        if let (true, Some(early)) = (deferrable, early.clone()) {
+        if deferrable {
             self.deferred.apply.extend(round.apply.iter().cloned());
             if let Some(h) = &round.hard_state {
                 self.deferred.commit = self.deferred.commit.max(h.commit);
             }
-            self.deferred.results.extend(early);
+            self.deferred.results.extend(early.into_iter().flatten());
         } else {
             // What earlier rounds deferred is stored first, in order, in this transaction.
             let deferred = std::mem::take(&mut self.deferred);

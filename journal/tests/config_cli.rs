@@ -20,34 +20,7 @@ use std::time::{Duration, Instant};
 
 /// /etc/pact/journal.toml exactly as the deployment guide writes it ("Create
 /// /etc/pact/journal.toml (same on all nodes, node ID comes from env)").
-const GUIDE_JOURNAL_TOML: &str = r#"[journal]
-listen_addr = "0.0.0.0:9443"
-data_dir = "/var/lib/pact/journal"
-[journal.raft]
-members = [
-"1:journal-1.mgmt:9444",
-"2:journal-2.mgmt:9444",
-"3:journal-3.mgmt:9444"
-]
-snapshot_interval = 10000
-[journal.streaming]
-max_concurrent_boot_streams = 15000
-[policy]
-enabled = true
-[policy.iam]
-oidc_issuer = "https://auth.example.org/realms/hpc"
-oidc_audience = "pact"
-[policy.engine]
-type = "opa"
-opa_endpoint = "http://localhost:8181/v1/data/pact"
-[telemetry]
-log_level = "info"
-log_format = "json"
-prometheus_enabled = true
-prometheus_listen = "0.0.0.0:9091"
-loki_enabled = true
-loki_endpoint = "http://loki.mgmt:3100/loki/api/v1/push"
-"#;
+const GUIDE_JOURNAL_TOML: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../images/examples/journal.toml"));
 
 const GUIDE_ISSUER: &str = "https://auth.example.org/realms/hpc";
 const SECRET: &str = "config-cli-test-secret-0123456789abcdef";
