@@ -52,10 +52,11 @@ fn main() -> ExitCode {
     match commands::run(std::env::args_os().skip(1).collect(), &env) {
         Ok(text) => {
             if !text.is_empty() {
-                print!("{text}");
-                if !text.ends_with('\n') {
-                    println!();
-                }
+                // A reader that went away (`pact log | head`) is not an error.
+                use std::io::Write as _;
+                let nl = if text.ends_with('\n') { "" } else { "\n" };
+                let mut stdout = std::io::stdout().lock();
+                let _ = stdout.write_all(text.as_bytes()).and_then(|_| stdout.write_all(nl.as_bytes()));
             }
             ExitCode::SUCCESS
         }

@@ -31,6 +31,12 @@ const EXIT_CONFIG: u8 = 3;
 const EXIT_DATA_DIR: u8 = 4;
 const EXIT_BIND: u8 = 5;
 
+/// Prints to stdout; a reader that went away (`| head`) is not an error.
+fn out(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
 fn main() -> ExitCode {
     // A panic anywhere (a shard, the raft driver) ends the process: a journal with a dead raft
     // thread must not keep answering as if it were fine. The supervisor restarts it, and it
@@ -50,11 +56,11 @@ fn main() -> ExitCode {
     };
     let flags = match inv {
         config::Invocation::Help => {
-            println!("{}", config::USAGE);
+            out(&format!("{}\n", config::USAGE));
             return ExitCode::SUCCESS;
         }
         config::Invocation::Version => {
-            println!("pact-journal {}", pact_proto::VERSION);
+            out(&format!("pact-journal {}\n", pact_proto::VERSION));
             return ExitCode::SUCCESS;
         }
         config::Invocation::Run(f) => f,
@@ -81,7 +87,7 @@ fn main() -> ExitCode {
         let audience = cfg.policy.iam.oidc_audience.clone().unwrap_or_else(|| DEFAULT_AUDIENCE.into());
         match HmacVerifier::new(secret.as_bytes(), issuer, &audience).mint(subject, "pact-platform-admin", 3600) {
             Ok(t) => {
-                println!("{t}");
+                out(&format!("{t}\n"));
                 return ExitCode::SUCCESS;
             }
             Err(e) => {
@@ -91,12 +97,13 @@ fn main() -> ExitCode {
         }
     }
     if flags.check {
-        println!(
-            "{}: configuration OK",
-            cfg.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(no file)".into())
-        );
+        use std::fmt::Write as _;
+        let mut text = String::new();
+        let file = cfg.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(no file)".into());
         let metrics = cfg.metrics_listen.map(|a| a.to_string()).unwrap_or_else(|| "(disabled)".into());
-        println!(
+        let _ = writeln!(text, "{file}: configuration OK");
+        let _ = writeln!(
+            text,
             "  node id {}, listen {}, data dir {}, metrics {metrics}",
             cfg.node_id,
             cfg.listen_addr,
@@ -104,9 +111,13 @@ fn main() -> ExitCode {
         );
         match cluster::resolve(&cfg) {
             Ok(c) => {
-                println!("  raft port listens on {}", c.raft_listen);
+                let _ = writeln!(text, "  raft port listens on {}", c.raft_listen);
                 for m in &c.all {
-                    println!("  journal {} ({}): raft {}, client {}", m.id, m.role, m.raft_addr, m.client_addr);
+                    let _ = writeln!(
+                        text,
+                        "  journal {} ({}): raft {}, client {}",
+                        m.id, m.role, m.raft_addr, m.client_addr
+                    );
                 }
             }
             Err(e) => {
@@ -115,8 +126,9 @@ fn main() -> ExitCode {
             }
         }
         for note in &cfg.not_yet_active {
-            println!("  configured, not yet active: {note}");
+            let _ = writeln!(text, "  configured, not yet active: {note}");
         }
+        out(&text);
         return ExitCode::SUCCESS;
     }
     match run(cfg) {
