@@ -243,7 +243,9 @@ impl LinkTask {
             }
             buf.clear();
             for m in &batch {
-                debug_assert_eq!(m.from, self.me);
+                // A follower passes on a read index, proposal or leader transfer that
+                // another journal sent it, keeping that journal's id as `from`.
+                debug_assert!(m.from == self.me || forwardable(m.get_msg_type()), "{m:?}");
                 let body = m.write_to_bytes().map_err(|e| (e.to_string(), None))?;
                 Frame::new(FrameKind::Request, Method::RaftMessage as u16, 0, body)
                     .encode_into_max(&mut buf, MAX_PEER_FRAME)
@@ -334,7 +336,10 @@ async fn peer_connection(acceptor: &TlsAcceptor, stream: TcpStream, inbox: &Loca
         if crate::log::enabled(crate::log::Level::Trace) {
             crate::log_at!(crate::log::Level::Trace, "peer frame {:?} from {} to {}", m.get_msg_type(), m.from, m.to);
         }
-        if verified_as != Some(m.from) {
+        // Messages a follower forwards keep their origin's id; the connection itself must
+        // still belong to a verified journal.
+        let forwarded = forwardable(m.get_msg_type()) && verified_as.is_some();
+        if verified_as != Some(m.from) && !forwarded {
             check_identity(&cert, m.from)?;
             verified_as = Some(m.from);
         }
@@ -342,6 +347,12 @@ async fn peer_connection(acceptor: &TlsAcceptor, stream: TcpStream, inbox: &Loca
             return Ok(());
         }
     }
+}
+
+/// Message types that raft-rs forwards from a follower to its leader unchanged, so their
+/// `from` names the journal that first sent them rather than the link's own journal.
+fn forwardable(t: MessageType) -> bool {
+    matches!(t, MessageType::MsgPropose | MessageType::MsgReadIndex | MessageType::MsgTransferLeader)
 }
 
 /// The client certificate must name the journal id the messages claim to come from.
