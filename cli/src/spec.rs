@@ -144,6 +144,8 @@ pub fn state_delta(spec: &VClusterSpec) -> StateDelta {
             mode: f.mode,
             owner: f.owner.clone(),
             group: f.group.clone(),
+            // The declared spec carries the content itself.
+            content: None,
         })
         .collect();
     let services = spec
@@ -1239,6 +1241,7 @@ cuda-toolkit = "12.4"
                     mode: None,
                     owner: None,
                     group: None,
+                    content: None,
                 },
                 FileDelta {
                     path: "/etc/motd".into(),
@@ -1247,6 +1250,7 @@ cuda-toolkit = "12.4"
                     mode: Some(0o640),
                     owner: Some("root".into()),
                     group: Some("adm".into()),
+                    content: None,
                 },
             ]
         );

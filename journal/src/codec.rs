@@ -10,8 +10,12 @@
 //! | `state_meta`  | ASCII name: `applied_index`, `next_sequence`, `last_ts`, `partitions` | u64 BE (`last_ts`: i64 BE secs + u32 BE nanos) |
 //! | `entries`     | sequence, u64 big-endian                     | `pact.config.ConfigEntry`, prost bytes  |
 //! | `entry_scope` | scope tag (1 byte) + scope id + 0x00 + sequence u64 BE | empty                      |
-//! | `overlays`    | vCluster id, UTF-8                           | `pact.journal.OverlayRecord`, prost     |
+//! | `overlays`    | vCluster id, UTF-8                           | `pact.journal.OverlayRecord`, prost (current) |
+//! | `overlay_hist`| vCluster id + 0x00 + version u64 BE          | `pact.journal.OverlayRecord`, prost (every version, for rollbacks and subscriptions) |
+//! | `overlay_blobs`| vCluster id, UTF-8                          | version u64 BE + the current overlay's boot form (`spec` prost-encoded, zstd level 3) |
 //! | `nodes.<p>`   | node id, UTF-8                               | `pact.config.NodeConfigState`, prost    |
+//! | `nodes.<p>`   | 0x01 + node id                               | `pact.journal.NodeRecord`, prost (assignment + declared config, current) |
+//! | `nodes.<p>`   | 0x02 + node id + 0x00 + version u64 BE       | `pact.journal.NodeRecord`, prost (every version) |
 //! | `members`     | raft node id, u64 big-endian                 | `pact.journal.Member`, prost            |
 //!
 //! The raft log holds entries `first_index..=last`; everything before was compacted into the
@@ -21,7 +25,12 @@
 //! Snapshot data (what raft ships to a lagging or new replica) is the applied state as a
 //! sequence of records, each `kind u8 | key_len u32 BE | key | value_len u32 BE | value`, in
 //! this order: kind 1 `state_meta`, 2 `entries`, 3 `entry_scope`, 4 `overlays`, 5 `members`,
-//! 6 node states (key = node id, so the receiver re-partitions them over its own `nodes.<p>`).
+//! 6 node states (key = node id, so the receiver re-partitions them over its own `nodes.<p>`),
+//! 7 `overlay_hist`, 8 `overlay_blobs`, 9 node records and their history (key as stored in
+//! `nodes.<p>`, re-partitioned by the node id inside it).
+//!
+//! Node ids never contain bytes below 0x20 (the RPC layer and the state machine reject
+//! control characters), so the 0x01/0x02 tags cannot collide with a node-state key.
 //!
 //! Big-endian integers make LMDB's lexicographic key order equal numeric order, so ranges
 //! and "newest first" are plain cursor walks. Per-node data is split over `partitions`
@@ -40,6 +49,8 @@ pub const DB_ENTRIES: &str = "entries";
 pub const DB_ENTRY_SCOPE: &str = "entry_scope";
 pub const DB_OVERLAYS: &str = "overlays";
 pub const DB_MEMBERS: &str = "members";
+pub const DB_OVERLAY_HIST: &str = "overlay_hist";
+pub const DB_OVERLAY_BLOBS: &str = "overlay_blobs";
 
 pub const KEY_SNAPSHOT_INDEX: &[u8] = b"snapshot_index";
 /// Founder only: members still to invite (`pact.journal.ChangeMembershipResponse`, prost), so a
@@ -54,6 +65,43 @@ pub const SNAP_ENTRY_SCOPE: u8 = 3;
 pub const SNAP_OVERLAYS: u8 = 4;
 pub const SNAP_MEMBERS: u8 = 5;
 pub const SNAP_NODE_STATE: u8 = 6;
+pub const SNAP_OVERLAY_HIST: u8 = 7;
+pub const SNAP_OVERLAY_BLOBS: u8 = 8;
+pub const SNAP_NODE_RECORD: u8 = 9;
+
+pub const TAG_NODE_RECORD: u8 = 0x01;
+pub const TAG_NODE_HIST: u8 = 0x02;
+
+/// `id + 0x00 + version BE`: one version of a vCluster's overlay or of a node record (with
+/// `tag` in front for node records).
+pub fn versioned_key(tag: Option<u8>, id: &str, version: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 10);
+    k.extend(tag);
+    k.extend_from_slice(id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&u64_key(version));
+    k
+}
+
+pub fn node_record_key(node_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(node_id.len() + 1);
+    k.push(TAG_NODE_RECORD);
+    k.extend_from_slice(node_id.as_bytes());
+    k
+}
+
+/// The node id inside any `nodes.<p>` key (state, record or history).
+pub fn node_of_key(k: &[u8]) -> Option<&str> {
+    let rest = match *k.first()? {
+        TAG_NODE_RECORD => &k[1..],
+        TAG_NODE_HIST => {
+            let body = &k[1..];
+            &body[..body.iter().position(|b| *b == 0)?]
+        }
+        _ => k,
+    };
+    std::str::from_utf8(rest).ok().filter(|s| !s.is_empty())
+}
 
 pub fn put_snapshot_record(out: &mut Vec<u8>, kind: u8, key: &[u8], value: &[u8]) {
     out.push(kind);
@@ -198,6 +246,17 @@ mod tests {
             assert!(snapshot_records(&d[..cut]).is_none(), "cut at {cut}");
         }
         assert_eq!(snapshot_records(&d[..boundary]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn node_keys_name_their_node() {
+        assert_eq!(node_of_key(b"n1"), Some("n1"));
+        assert_eq!(node_of_key(&node_record_key("n1")), Some("n1"));
+        assert_eq!(node_of_key(&versioned_key(Some(TAG_NODE_HIST), "n1", 9)), Some("n1"));
+        assert_eq!(node_of_key(&[TAG_NODE_RECORD]), None);
+        // Versions of one id sort numerically and never interleave with a longer id's.
+        let (a, b) = (versioned_key(None, "vc", 2), versioned_key(None, "vc", 300));
+        assert!(a < b && b < versioned_key(None, "vc1", 1));
     }
 
     #[test]

@@ -785,7 +785,6 @@ fn read_file(
             s.check_keys(&["max_concurrent_boot_streams"])?;
             if let Some(n) = s.u64("max_concurrent_boot_streams", 1..=u64::MAX)? {
                 cfg.streaming.max_concurrent_boot_streams = n;
-                inactive.push("journal.streaming.max_concurrent_boot_streams".to_string());
             }
         }
 
@@ -1006,12 +1005,7 @@ mod tests {
         assert!(cfg.telemetry.loki_enabled);
         assert_eq!(
             cfg.not_yet_active,
-            vec![
-                "journal.streaming.max_concurrent_boot_streams",
-                "policy.enabled",
-                "policy.engine.*",
-                "telemetry.loki_enabled/loki_endpoint",
-            ]
+            vec!["policy.enabled", "policy.engine.*", "telemetry.loki_enabled/loki_endpoint",]
         );
     }
 

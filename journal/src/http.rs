@@ -104,7 +104,7 @@ pub fn metrics_text(shard: &ShardRef) -> String {
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let log_entries = shard.store.raft_log_len().unwrap_or(0);
     let entries = shard.store.read_txn().ok().and_then(|t| shard.store.entry_count(&t).ok()).unwrap_or(0);
-    let metrics: [(&str, &str, &str, u64); 20] = [
+    let metrics: [(&str, &str, &str, u64); 28] = [
         ("pact_journal_up", "gauge", "1 while this journal process serves.", 1),
         (
             "pact_journal_raft_leader",
@@ -165,10 +165,54 @@ pub fn metrics_text(shard: &ShardRef) -> String {
             "Client connections refused over the per-shard cap.",
             g(&s.connections_refused_total),
         ),
+        (
+            "pact_journal_boot_streams_active",
+            "gauge",
+            "Boot streams in progress (all shards).",
+            g(&s.boot_streams_active),
+        ),
+        ("pact_journal_boot_streams_total", "counter", "Boot streams served to completion.", g(&s.boot_streams_total)),
+        (
+            "pact_journal_boot_streams_busy_total",
+            "counter",
+            "Boot requests answered BUSY (over max_concurrent_boot_streams).",
+            g(&s.boot_streams_busy_total),
+        ),
+        (
+            "pact_journal_boot_stream_errors_total",
+            "counter",
+            "Boot requests refused (bad request, auth, no vCluster).",
+            g(&s.boot_stream_errors_total),
+        ),
+        (
+            "pact_journal_overlay_builds_total",
+            "counter",
+            "Overlay chunk sets built into a shard's cache (first use or new version).",
+            g(&s.overlay_builds_total),
+        ),
+        ("pact_journal_subscriptions_active", "gauge", "Live config subscriptions.", g(&s.subscriptions_active)),
+        (
+            "pact_journal_subscription_resyncs_total",
+            "counter",
+            "Subscribers told to resync after falling behind their queue.",
+            g(&s.subscription_resyncs_total),
+        ),
+        (
+            "pact_journal_max_concurrent_boot_streams",
+            "gauge",
+            "The configured boot stream cap.",
+            g(&s.max_boot_streams),
+        ),
     ];
     let mut out = String::with_capacity(4096);
     for (name, kind, help, v) in metrics {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node_id=\"{}\"}} {v}", s.node_id);
     }
+    let secs = g(&s.boot_stream_micros_total) as f64 / 1e6;
+    let _ = writeln!(
+        out,
+        "# HELP pact_journal_boot_stream_seconds_total Time spent serving completed boot streams.\n# TYPE pact_journal_boot_stream_seconds_total counter\npact_journal_boot_stream_seconds_total{{node_id=\"{}\"}} {secs:.6}",
+        s.node_id
+    );
     out
 }

@@ -1,9 +1,11 @@
 //! pact-journal as a library: the binary (`main.rs`) wires these together; the deterministic
 //! simulation and the tests use them directly. See ARCHITECTURE.md for the codemap.
 
+pub mod boot;
 pub mod cluster;
 pub mod codec;
 pub mod config;
+pub mod declared;
 pub mod dev;
 pub mod http;
 pub mod log;

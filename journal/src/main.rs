@@ -11,7 +11,9 @@
 //! | 4    | data dir problem: locked, `--bootstrap` refused, store unreadable |
 //! | 5    | cannot bind a listening port                                    |
 
-use pact_journal::{cluster, config, dev, error, http, info, log, peer, pki, raft_driver, server, shard, sys, warn};
+use pact_journal::{
+    boot, cluster, config, dev, error, http, info, log, peer, pki, raft_driver, server, shard, sys, warn,
+};
 
 use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
@@ -299,6 +301,7 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
     }
     sys::block_shutdown_signals();
     let shared = Arc::new(Shared::new(cfg.node_id));
+    shared.max_boot_streams.store(cfg.streaming.max_concurrent_boot_streams, std::sync::atomic::Ordering::Relaxed);
     {
         let shared = shared.clone();
         std::thread::Builder::new()
@@ -417,6 +420,7 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
                             }
                         }
                     }
+                    glommio::spawn_local(boot::feed(me.clone())).detach();
                     let serving = glommio::spawn_local(server::serve(me.clone(), listener, tls));
                     let _ = ready.send(Ok(0));
                     driver.run(inbox).await;
@@ -432,6 +436,7 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
                         }
                     })
                     .detach();
+                    glommio::spawn_local(boot::feed(me.clone())).detach();
                     let _ = ready.send(Ok(id));
                     server::serve(me, listener, tls).await;
                 }

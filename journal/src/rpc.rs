@@ -93,6 +93,7 @@ pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<R
                     ));
                 }
             }
+            check_assignment(shard, &entry).await?;
             let result = shard.propose(command::Op::AppendEntry(entry)).await?;
             match result.result {
                 Some(apply_result::Result::Appended(a)) => {
@@ -211,6 +212,36 @@ pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<R
             }
         }
         other => Err(err(ErrorCode::Unimplemented, format!("{} is not served by this journal yet", other.name()))),
+    }
+}
+
+/// Assignments that contradict the node's current one are refused before proposing, with
+/// the command that does what was probably meant. The check reads this replica's state, so
+/// two racing admins can still both succeed; the state machine then applies both in order,
+/// which is well defined (the later one wins).
+async fn check_assignment(shard: &ShardRef, e: &ConfigEntry) -> Result<(), RemoteError> {
+    use pact_proto::config::{scope::Target, EntryType};
+    let kind = EntryType::try_from(e.entry_type);
+    if !matches!(kind, Ok(EntryType::NodeAssigned | EntryType::NodeMoved | EntryType::NodeUnassigned)) {
+        return Ok(());
+    }
+    let Some(Target::NodeId(node)) = e.scope.as_ref().and_then(|s| s.target.as_ref()) else {
+        return Ok(()); // validate_entry already refused it
+    };
+    shard.wait_stored().await?;
+    let txn = shard.store.read_txn().map_err(internal)?;
+    let current =
+        shard.store.get_node_record(&txn, node).map_err(internal)?.map(|r| r.assigned_vcluster).unwrap_or_default();
+    let refuse = |m: String| Err(err(ErrorCode::FailedPrecondition, m));
+    match kind {
+        Ok(EntryType::NodeAssigned) if !current.is_empty() && current != e.target_vcluster => refuse(format!(
+            "node {node} is already assigned to vCluster {current}; use `pact node move {node} --to-vcluster {}`",
+            e.target_vcluster
+        )),
+        Ok(EntryType::NodeMoved | EntryType::NodeUnassigned) if current.is_empty() => {
+            refuse(format!("node {node} is not assigned to any vCluster; use `pact node assign {node} --vcluster V`"))
+        }
+        _ => Ok(()),
     }
 }
 

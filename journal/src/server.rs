@@ -165,6 +165,18 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(shard: &ShardRef, io: &
         Shared::inc(&shard.shared.requests_total);
         out.clear();
         let (m, id) = (header.method, header.request_id);
+        // Boot streams and subscriptions write their frames as they go.
+        match method {
+            Method::StreamBootConfig => {
+                crate::boot::stream_boot(shard, io, id, &request).await?;
+                continue;
+            }
+            Method::SubscribeConfigUpdates => {
+                crate::boot::subscribe(shard, io, id, &request).await?;
+                continue;
+            }
+            _ => {}
+        }
         match rpc::handle(shard, method, &request).await {
             Ok(Reply::One(bytes)) => push(&mut out, Frame::new(FrameKind::Response, m, id, bytes))?,
             Ok(Reply::Stream(items)) => {

@@ -64,6 +64,8 @@ pub struct Shard {
     pub shared: Arc<Shared>,
     pub verifier: Option<HmacVerifier>,
     pub proposals: ProposalTx,
+    /// This shard's overlay cache and subscription feed.
+    pub boot: crate::boot::Local,
     pending: RefCell<HashMap<u64, LocalSender<Outcome>>>,
     next_proposal: Cell<u64>,
 }
@@ -82,6 +84,7 @@ impl Shard {
             shared,
             verifier,
             proposals,
+            boot: Default::default(),
             pending: RefCell::new(HashMap::new()),
             next_proposal: Cell::new(1),
         }

@@ -40,6 +40,17 @@ pub struct Shared {
     pub connections_total: AtomicU64,
     pub connections_refused_total: AtomicU64,
     pub ready_rounds_total: AtomicU64,
+    // boot streaming and subscriptions (boot.rs)
+    /// `[journal.streaming] max_concurrent_boot_streams`, across all shards.
+    pub max_boot_streams: AtomicU64,
+    pub boot_streams_active: AtomicU64,
+    pub boot_streams_total: AtomicU64,
+    pub boot_streams_busy_total: AtomicU64,
+    pub boot_stream_errors_total: AtomicU64,
+    pub boot_stream_micros_total: AtomicU64,
+    pub overlay_builds_total: AtomicU64,
+    pub subscriptions_active: AtomicU64,
+    pub subscription_resyncs_total: AtomicU64,
 }
 
 pub const ROLE_FOLLOWER: u8 = 0;

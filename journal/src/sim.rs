@@ -61,9 +61,12 @@ use crate::replica::{apply_entries, decode_entry, Decoded, Replica, Round};
 use crate::state::{self, Input as StateInput, Shadow, StateTxn};
 use crate::store::Result as StoreResult;
 use pact_proto::config::{
-    scope::Target, ConfigEntry, EntryType as ConfigType, Identity, NodeConfigState, Scope, Timestamp,
+    scope::Target, ConfigEntry, DeltaAction, EntryType as ConfigType, Identity, KernelDelta, NodeConfigState, Scope,
+    StateDelta, Timestamp, VClusterSpec,
 };
-use pact_proto::journal::{apply_result, command, ApplyResult, Command, Member, OverlayRecord, ProposalOrigin};
+use pact_proto::journal::{
+    apply_result, command, ApplyResult, Command, Member, NodeRecord, OverlayRecord, ProposalOrigin,
+};
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -331,6 +334,10 @@ pub struct SimState {
     pub last_ts: (i64, u32),
     pub entries: BTreeMap<u64, ConfigEntry>,
     pub overlays: BTreeMap<String, OverlayRecord>,
+    pub overlay_hist: BTreeMap<(String, u64), OverlayRecord>,
+    pub overlay_blobs: BTreeMap<String, Vec<u8>>,
+    pub node_records: BTreeMap<String, NodeRecord>,
+    pub node_hist: BTreeMap<(String, u64), NodeRecord>,
     pub node_states: BTreeMap<String, NodeConfigState>,
     pub members: BTreeMap<u64, Member>,
 }
@@ -361,8 +368,29 @@ impl StateTxn for SimState {
         self.entries.insert(e.sequence, e.clone());
         Ok(())
     }
-    fn put_overlay(&mut self, o: &OverlayRecord) -> StoreResult<()> {
+    fn get_overlay(&self, vc: &str) -> StoreResult<Option<OverlayRecord>> {
+        Ok(self.overlays.get(vc).cloned())
+    }
+    fn overlay_at(&self, vc: &str, seq: u64) -> StoreResult<Option<OverlayRecord>> {
+        let range = (vc.to_string(), 0)..=(vc.to_string(), seq);
+        Ok(self.overlay_hist.range(range).next_back().map(|(_, o)| o.clone()))
+    }
+    fn put_overlay(&mut self, o: &OverlayRecord, blob: &[u8]) -> StoreResult<()> {
         self.overlays.insert(o.vcluster_id.clone(), o.clone());
+        self.overlay_hist.insert((o.vcluster_id.clone(), o.version), o.clone());
+        self.overlay_blobs.insert(o.vcluster_id.clone(), blob.to_vec());
+        Ok(())
+    }
+    fn get_node_record(&self, node: &str) -> StoreResult<Option<NodeRecord>> {
+        Ok(self.node_records.get(node).cloned())
+    }
+    fn node_record_at(&self, node: &str, seq: u64) -> StoreResult<Option<NodeRecord>> {
+        let range = (node.to_string(), 0)..=(node.to_string(), seq);
+        Ok(self.node_hist.range(range).next_back().map(|(_, n)| n.clone()))
+    }
+    fn put_node_record(&mut self, n: &NodeRecord) -> StoreResult<()> {
+        self.node_records.insert(n.node_id.clone(), n.clone());
+        self.node_hist.insert((n.node_id.clone(), n.version), n.clone());
         Ok(())
     }
     fn put_node_state(&mut self, s: &NodeConfigState) -> StoreResult<()> {
@@ -418,6 +446,24 @@ impl SimState {
         for (node, s) in &self.node_states {
             put_snapshot_record(&mut out, codec::SNAP_NODE_STATE, node.as_bytes(), &s.encode_to_vec());
         }
+        for ((vc, v), o) in &self.overlay_hist {
+            put_snapshot_record(
+                &mut out,
+                codec::SNAP_OVERLAY_HIST,
+                &codec::versioned_key(None, vc, *v),
+                &o.encode_to_vec(),
+            );
+        }
+        for (vc, b) in &self.overlay_blobs {
+            put_snapshot_record(&mut out, codec::SNAP_OVERLAY_BLOBS, vc.as_bytes(), b);
+        }
+        for (node, n) in &self.node_records {
+            put_snapshot_record(&mut out, codec::SNAP_NODE_RECORD, &codec::node_record_key(node), &n.encode_to_vec());
+        }
+        for ((node, v), n) in &self.node_hist {
+            let k = codec::versioned_key(Some(codec::TAG_NODE_HIST), node, *v);
+            put_snapshot_record(&mut out, codec::SNAP_NODE_RECORD, &k, &n.encode_to_vec());
+        }
         out
     }
 
@@ -451,6 +497,21 @@ impl SimState {
                 codec::SNAP_NODE_STATE => {
                     let n = NodeConfigState::decode(v).map_err(|_| bad("node state"))?;
                     s.node_states.insert(String::from_utf8_lossy(k).into_owned(), n);
+                }
+                codec::SNAP_OVERLAY_HIST => {
+                    let o = OverlayRecord::decode(v).map_err(|_| bad("overlay history"))?;
+                    s.overlay_hist.insert((o.vcluster_id.clone(), o.version), o);
+                }
+                codec::SNAP_OVERLAY_BLOBS => {
+                    s.overlay_blobs.insert(String::from_utf8_lossy(k).into_owned(), v.to_vec());
+                }
+                codec::SNAP_NODE_RECORD => {
+                    let n = NodeRecord::decode(v).map_err(|_| bad("node record"))?;
+                    if k.first() == Some(&codec::TAG_NODE_RECORD) {
+                        s.node_records.insert(n.node_id.clone(), n);
+                    } else {
+                        s.node_hist.insert((n.node_id.clone(), n.version), n);
+                    }
                 }
                 other => return Err(format!("snapshot record kind {other}")),
             }
@@ -487,8 +548,11 @@ fn state_diff(a: &SimState, b: &SimState) -> String {
     if a.last_ts != b.last_ts {
         return format!("last timestamp {:?} vs {:?}", a.last_ts, b.last_ts);
     }
-    if a.overlays != b.overlays {
+    if a.overlays != b.overlays || a.overlay_hist != b.overlay_hist || a.overlay_blobs != b.overlay_blobs {
         return "overlays differ".into();
+    }
+    if a.node_records != b.node_records || a.node_hist != b.node_hist {
+        return "node records differ".into();
     }
     if a.node_states != b.node_states {
         return "node states differ".into();
@@ -1265,7 +1329,7 @@ impl<'o> Sim<'o> {
             let n = self.sent_by_client[c];
             self.sent_by_client[c] += 1;
             let op_id = self.ops.len() as u64;
-            let entry = ConfigEntry {
+            let mut entry = ConfigEntry {
                 entry_type: ConfigType::Commit as i32,
                 scope: Some(Scope { target: Some(Target::VclusterId(format!("vc{}", c % 2))) }),
                 author: Some(Identity {
@@ -1276,6 +1340,39 @@ impl<'o> Sim<'o> {
                 policy_ref: format!("c{c}-{n}"),
                 ..Default::default()
             };
+            // A mix that exercises the declared state (overlays, node records, rollbacks),
+            // so replicas are also checked to build identical overlay bytes.
+            let node_scope = Some(Scope { target: Some(Target::NodeId(format!("node{}", c % 3))) });
+            match n % 5 {
+                1 => {
+                    let mut spec = VClusterSpec::default();
+                    spec.sysctl.insert("kernel.sim".into(), format!("{c}-{n}"));
+                    entry.declared = Some(spec);
+                }
+                2 => {
+                    entry.scope = node_scope;
+                    entry.state_delta = Some(StateDelta {
+                        kernel: vec![KernelDelta {
+                            key: "vm.sim".into(),
+                            action: DeltaAction::Modify as i32,
+                            declared_value: Some(n.to_string()),
+                            actual_value: None,
+                        }],
+                        ..Default::default()
+                    });
+                }
+                // Only once some append was acknowledged, so entry 1 exists and is earlier.
+                3 if self.ops.iter().any(|o| matches!(o.outcome, Outcome::Acked { .. })) => {
+                    entry.entry_type = ConfigType::Rollback as i32;
+                    entry.parent = Some(1);
+                }
+                4 => {
+                    entry.entry_type = ConfigType::NodeAssigned as i32;
+                    entry.scope = node_scope;
+                    entry.target_vcluster = format!("vc{}", c % 2);
+                }
+                _ => {}
+            }
             let cmd = Command {
                 origin: Some(ProposalOrigin { node_id: id, shard: 0, proposal_id: op_id }),
                 proposed_at: Some(Timestamp { seconds: self.now as i64, nanos: 0 }),

@@ -6,10 +6,9 @@
 use crate::store::Result;
 use pact_proto::config::{ConfigEntry, ConfigState, EntryType, NodeConfigState, Timestamp};
 use pact_proto::journal::{
-    apply_result, command, AppendEntryResponse, ApplyResult, ChangeMembershipResponse, Command, Member, OverlayRecord,
-    SetNodeStateResponse,
+    apply_result, command, AppendEntryResponse, ApplyResult, ChangeMembershipResponse, Command, Member, NodeRecord,
+    OverlayRecord, SetNodeStateResponse,
 };
-use prost::Message as _;
 
 /// What the state machine reads and writes, inside one transaction. The journal's is an LMDB
 /// write transaction (`store::LmdbState`); the simulation's is in memory. Both run this
@@ -23,7 +22,19 @@ pub trait StateTxn {
     fn last_timestamp(&self) -> Result<(i64, u32)>;
     fn set_last_timestamp(&mut self, ts: (i64, u32)) -> Result<()>;
     fn put_entry(&mut self, e: &ConfigEntry) -> Result<()>;
-    fn put_overlay(&mut self, o: &OverlayRecord) -> Result<()>;
+    /// Whether this state keeps declared state (overlays, node records); the Shadow does not.
+    fn keeps_declared(&self) -> bool {
+        true
+    }
+    fn get_overlay(&self, vc: &str) -> Result<Option<OverlayRecord>>;
+    /// The newest overlay version at or before `seq`.
+    fn overlay_at(&self, vc: &str, seq: u64) -> Result<Option<OverlayRecord>>;
+    /// A new overlay version (current record, history, compressed boot form).
+    fn put_overlay(&mut self, o: &OverlayRecord, blob: &[u8]) -> Result<()>;
+    fn get_node_record(&self, node: &str) -> Result<Option<NodeRecord>>;
+    /// The newest node record version at or before `seq`.
+    fn node_record_at(&self, node: &str, seq: u64) -> Result<Option<NodeRecord>>;
+    fn put_node_record(&mut self, n: &NodeRecord) -> Result<()>;
     fn put_node_state(&mut self, s: &NodeConfigState) -> Result<()>;
     fn members(&self) -> Result<Vec<Member>>;
     fn put_member(&mut self, m: &Member) -> Result<()>;
@@ -69,7 +80,27 @@ impl StateTxn for Shadow {
     fn put_entry(&mut self, _: &ConfigEntry) -> Result<()> {
         Ok(())
     }
-    fn put_overlay(&mut self, _: &OverlayRecord) -> Result<()> {
+    // Declared state is derived data that no early answer depends on: the LMDB transaction
+    // builds it.
+    fn keeps_declared(&self) -> bool {
+        false
+    }
+    fn get_overlay(&self, _: &str) -> Result<Option<OverlayRecord>> {
+        Ok(None)
+    }
+    fn overlay_at(&self, _: &str, _: u64) -> Result<Option<OverlayRecord>> {
+        Ok(None)
+    }
+    fn put_overlay(&mut self, _: &OverlayRecord, _: &[u8]) -> Result<()> {
+        Ok(())
+    }
+    fn get_node_record(&self, _: &str) -> Result<Option<NodeRecord>> {
+        Ok(None)
+    }
+    fn node_record_at(&self, _: &str, _: u64) -> Result<Option<NodeRecord>> {
+        Ok(None)
+    }
+    fn put_node_record(&mut self, _: &NodeRecord) -> Result<()> {
         Ok(())
     }
     fn put_node_state(&mut self, _: &NodeConfigState) -> Result<()> {
@@ -108,6 +139,8 @@ pub enum Input<'a> {
 
 pub const TTL_MIN_SECS: u32 = 900;
 pub const TTL_MAX_SECS: u32 = 864_000;
+/// Most content a committed file delta may carry.
+pub const MAX_DELTA_FILE_CONTENT: usize = 64 * 1024;
 /// Longest id (node, vCluster) the journal stores.
 pub const MAX_ID_LEN: usize = 253;
 
@@ -140,6 +173,33 @@ pub fn validate_entry(e: &ConfigEntry) -> std::result::Result<(), String> {
     }
     if e.entry_type == EntryType::Rollback as i32 && e.parent.is_none() {
         return Err("a rollback needs a parent (the sequence to roll back to)".into());
+    }
+    let on_node = matches!(scope, Target::NodeId(_));
+    match EntryType::try_from(e.entry_type) {
+        Ok(EntryType::NodeAssigned | EntryType::NodeMoved) => {
+            if !on_node {
+                return Err("an assignment's scope must be the node (node:ID)".into());
+            }
+            validate_id(&e.target_vcluster, "target_vcluster")?;
+        }
+        Ok(EntryType::NodeUnassigned) if !on_node => {
+            return Err("an unassignment's scope must be the node (node:ID)".into());
+        }
+        _ if !e.target_vcluster.is_empty() => {
+            return Err("target_vcluster is only for NODE_ASSIGNED and NODE_MOVED entries".into());
+        }
+        _ => {}
+    }
+    if let Some(d) = &e.state_delta {
+        for f in &d.files {
+            if f.content.as_ref().is_some_and(|c| c.len() > MAX_DELTA_FILE_CONTENT) {
+                return Err(format!(
+                    "file {} in the state delta carries {} bytes of content; at most {MAX_DELTA_FILE_CONTENT} (declare larger files with `pact apply`)",
+                    f.path,
+                    f.content.as_ref().map_or(0, |c| c.len())
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -212,7 +272,7 @@ fn apply_command<T: StateTxn>(t: &mut T, cmd: &Command) -> Result<ApplyResult> {
             t.put_entry(&e)?;
             t.set_next_sequence(seq + 1)?;
             t.set_last_timestamp((ts.seconds, ts.nanos))?;
-            update_overlay(t, &e)?;
+            crate::declared::on_entry(t, &e)?;
             Ok(ApplyResult {
                 result: Some(apply_result::Result::Appended(AppendEntryResponse {
                     sequence: seq,
@@ -245,26 +305,6 @@ fn apply_command<T: StateTxn>(t: &mut T, cmd: &Command) -> Result<ApplyResult> {
             })
         }
     }
-}
-
-/// A COMMIT that carries a declared vCluster spec (what `pact apply` records) becomes that
-/// vCluster's overlay record. Rebuilding from later commits and rollbacks, compression and
-/// boot streaming come with the boot-streaming issue.
-fn update_overlay<T: StateTxn>(t: &mut T, e: &ConfigEntry) -> Result<()> {
-    use pact_proto::config::scope::Target;
-    let (Some(spec), Some(Target::VclusterId(vc))) =
-        (e.declared.as_ref(), e.scope.as_ref().and_then(|s| s.target.as_ref()))
-    else {
-        return Ok(());
-    };
-    if e.entry_type != EntryType::Commit as i32 {
-        return Ok(());
-    }
-    let mut spec = spec.clone();
-    spec.vcluster_id = vc.clone();
-    let digest = ring::digest::digest(&ring::digest::SHA256, &spec.encode_to_vec());
-    let checksum = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    t.put_overlay(&OverlayRecord { vcluster_id: vc.clone(), version: e.sequence, spec: Some(spec), checksum })
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crate::state::StateTxn;
 use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn};
 use pact_proto::config::{ConfigEntry, NodeConfigState, Scope};
-use pact_proto::journal::{Member, OverlayRecord};
+use pact_proto::journal::{Member, NodeRecord, OverlayRecord};
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -58,6 +58,8 @@ struct Inner {
     entries: Db,
     entry_scope: Db,
     overlays: Db,
+    overlay_hist: Db,
+    overlay_blobs: Db,
     members: Db,
     nodes: Vec<Db>,
 }
@@ -90,6 +92,8 @@ impl Store {
         let entry_scope = env.create_database(&mut w, Some(DB_ENTRY_SCOPE))?;
         let overlays = env.create_database(&mut w, Some(DB_OVERLAYS))?;
         let members = env.create_database(&mut w, Some(DB_MEMBERS))?;
+        let overlay_hist = env.create_database(&mut w, Some(DB_OVERLAY_HIST))?;
+        let overlay_blobs = env.create_database(&mut w, Some(DB_OVERLAY_BLOBS))?;
         let parts = match state_meta.get(&w, KEY_PARTITIONS)? {
             Some(b) => read_u64(b).ok_or_else(|| StoreError::Corrupt("partitions".into()))? as u32,
             None => {
@@ -112,6 +116,8 @@ impl Store {
                 entries,
                 entry_scope,
                 overlays,
+                overlay_hist,
+                overlay_blobs,
                 members,
                 nodes,
             }),
@@ -266,6 +272,8 @@ impl Store {
         self.inner.entries.clear(w)?;
         self.inner.entry_scope.clear(w)?;
         self.inner.overlays.clear(w)?;
+        self.inner.overlay_hist.clear(w)?;
+        self.inner.overlay_blobs.clear(w)?;
         self.inner.members.clear(w)?;
         for db in &self.inner.nodes {
             db.clear(w)?;
@@ -279,8 +287,10 @@ impl Store {
                 SNAP_ENTRY_SCOPE => &self.inner.entry_scope,
                 SNAP_OVERLAYS => &self.inner.overlays,
                 SNAP_MEMBERS => &self.inner.members,
-                SNAP_NODE_STATE => {
-                    let id = std::str::from_utf8(k).map_err(|_| StoreError::Corrupt("snapshot node id".into()))?;
+                SNAP_OVERLAY_HIST => &self.inner.overlay_hist,
+                SNAP_OVERLAY_BLOBS => &self.inner.overlay_blobs,
+                SNAP_NODE_STATE | SNAP_NODE_RECORD => {
+                    let id = codec::node_of_key(k).ok_or_else(|| StoreError::Corrupt("snapshot node key".into()))?;
                     &self.inner.nodes[codec::partition_of(id, parts) as usize]
                 }
                 other => return Err(StoreError::Corrupt(format!("snapshot record kind {other}"))),
@@ -311,12 +321,14 @@ impl Store {
                 .term
         };
         let mut data = Vec::new();
-        let tables: [(u8, &Db); 5] = [
+        let tables: [(u8, &Db); 7] = [
             (SNAP_STATE_META, &self.inner.state_meta),
             (SNAP_ENTRIES, &self.inner.entries),
             (SNAP_ENTRY_SCOPE, &self.inner.entry_scope),
             (SNAP_OVERLAYS, &self.inner.overlays),
             (SNAP_MEMBERS, &self.inner.members),
+            (SNAP_OVERLAY_HIST, &self.inner.overlay_hist),
+            (SNAP_OVERLAY_BLOBS, &self.inner.overlay_blobs),
         ];
         for (kind, db) in tables {
             for kv in db.iter(&r)? {
@@ -327,7 +339,12 @@ impl Store {
         for db in &self.inner.nodes {
             for kv in db.iter(&r)? {
                 let (k, v) = kv?;
-                put_snapshot_record(&mut data, SNAP_NODE_STATE, k, v);
+                let kind = if matches!(k.first(), Some(&TAG_NODE_RECORD | &TAG_NODE_HIST)) {
+                    SNAP_NODE_RECORD
+                } else {
+                    SNAP_NODE_STATE
+                };
+                put_snapshot_record(&mut data, kind, k, v);
             }
         }
         let conf_state: ConfState = self.get_proto(&r, KEY_CONF_STATE)?.unwrap_or_default();
@@ -519,9 +536,64 @@ impl Store {
         Ok(out)
     }
 
-    pub fn put_overlay(&self, w: &mut RwTxn, o: &OverlayRecord) -> Result<()> {
-        self.inner.overlays.put(w, o.vcluster_id.as_bytes(), &o.encode_to_vec())?;
+    /// A new version of a vCluster's overlay: the current record, its history entry and
+    /// its compressed boot form.
+    pub fn put_overlay(&self, w: &mut RwTxn, o: &OverlayRecord, blob: &[u8]) -> Result<()> {
+        let bytes = o.encode_to_vec();
+        self.inner.overlays.put(w, o.vcluster_id.as_bytes(), &bytes)?;
+        self.inner.overlay_hist.put(w, &versioned_key(None, &o.vcluster_id, o.version), &bytes)?;
+        let mut value = Vec::with_capacity(8 + blob.len());
+        value.extend_from_slice(&u64_key(o.version));
+        value.extend_from_slice(blob);
+        self.inner.overlay_blobs.put(w, o.vcluster_id.as_bytes(), &value)?;
         Ok(())
+    }
+
+    /// The overlay version in force right after sequence `seq`: the newest at or before it.
+    pub fn overlay_at(&self, r: &RoTxn, vcluster: &str, seq: u64) -> Result<Option<OverlayRecord>> {
+        let (lo, hi) = (versioned_key(None, vcluster, 0), versioned_key(None, vcluster, seq));
+        let range = (std::ops::Bound::Included(&lo[..]), std::ops::Bound::Included(&hi[..]));
+        match self.inner.overlay_hist.rev_range(r, &range)?.next() {
+            None => Ok(None),
+            Some(kv) => Ok(Some(decode_prost(kv?.1, "overlay history")?)),
+        }
+    }
+
+    /// The current overlay's version and compressed boot form, borrowed from the map (copy
+    /// the bytes before the transaction ends). One lookup and no decoding: boot requests call
+    /// this to check that what they cache is current.
+    pub fn overlay_blob<'t>(&self, r: &'t RoTxn, vcluster: &str) -> Result<Option<(u64, &'t [u8])>> {
+        match self.inner.overlay_blobs.get(r, vcluster.as_bytes())? {
+            None => Ok(None),
+            Some(v) if v.len() >= 8 => Ok(Some((read_u64(&v[..8]).unwrap_or(0), &v[8..]))),
+            Some(_) => Err(StoreError::Corrupt(format!("overlay blob of {vcluster} is shorter than its header"))),
+        }
+    }
+
+    pub fn put_node_record(&self, w: &mut RwTxn, n: &NodeRecord) -> Result<()> {
+        let bytes = n.encode_to_vec();
+        let db = self.node_db(&n.node_id);
+        db.put(w, &node_record_key(&n.node_id), &bytes)?;
+        db.put(w, &versioned_key(Some(TAG_NODE_HIST), &n.node_id, n.version), &bytes)?;
+        Ok(())
+    }
+
+    pub fn get_node_record(&self, r: &RoTxn, node_id: &str) -> Result<Option<NodeRecord>> {
+        match self.node_db(node_id).get(r, &node_record_key(node_id))? {
+            None => Ok(None),
+            Some(b) => Ok(Some(decode_prost(b, "node record")?)),
+        }
+    }
+
+    /// The node record in force right after sequence `seq`.
+    pub fn node_record_at(&self, r: &RoTxn, node_id: &str, seq: u64) -> Result<Option<NodeRecord>> {
+        let lo = versioned_key(Some(TAG_NODE_HIST), node_id, 0);
+        let hi = versioned_key(Some(TAG_NODE_HIST), node_id, seq);
+        let range = (std::ops::Bound::Included(&lo[..]), std::ops::Bound::Included(&hi[..]));
+        match self.node_db(node_id).rev_range(r, &range)?.next() {
+            None => Ok(None),
+            Some(kv) => Ok(Some(decode_prost(kv?.1, "node history")?)),
+        }
     }
 
     pub fn get_overlay(&self, r: &RoTxn, vcluster: &str) -> Result<Option<OverlayRecord>> {
@@ -590,8 +662,23 @@ impl StateTxn for LmdbState<'_, '_, '_> {
     fn put_entry(&mut self, e: &ConfigEntry) -> Result<()> {
         self.store.put_entry(self.w, e)
     }
-    fn put_overlay(&mut self, o: &OverlayRecord) -> Result<()> {
-        self.store.put_overlay(self.w, o)
+    fn get_overlay(&self, vc: &str) -> Result<Option<OverlayRecord>> {
+        self.store.get_overlay(self.w, vc)
+    }
+    fn overlay_at(&self, vc: &str, seq: u64) -> Result<Option<OverlayRecord>> {
+        self.store.overlay_at(self.w, vc, seq)
+    }
+    fn put_overlay(&mut self, o: &OverlayRecord, blob: &[u8]) -> Result<()> {
+        self.store.put_overlay(self.w, o, blob)
+    }
+    fn get_node_record(&self, node: &str) -> Result<Option<NodeRecord>> {
+        self.store.get_node_record(self.w, node)
+    }
+    fn node_record_at(&self, node: &str, seq: u64) -> Result<Option<NodeRecord>> {
+        self.store.node_record_at(self.w, node, seq)
+    }
+    fn put_node_record(&mut self, n: &NodeRecord) -> Result<()> {
+        self.store.put_node_record(self.w, n)
     }
     fn put_node_state(&mut self, s: &NodeConfigState) -> Result<()> {
         self.store.put_node_state(self.w, s)

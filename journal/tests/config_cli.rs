@@ -234,10 +234,12 @@ fn the_guide_config_passes_check_and_lists_inactive_settings() {
     assert!(out.contains("node id 1"), "{out}");
     assert!(out.contains("data dir /var/lib/pact/journal"), "{out}");
     let notes: Vec<&str> = out.lines().filter(|l| l.contains("configured, not yet active:")).collect();
-    assert!(notes.len() >= 4, "{out}");
-    for what in ["policy.engine", "telemetry.loki", "max_concurrent_boot_streams"] {
+    assert!(notes.len() >= 3, "{out}");
+    for what in ["policy.engine", "telemetry.loki"] {
         assert!(notes.iter().any(|n| n.contains(what)), "no note about {what}: {out}");
     }
+    // The boot stream cap is enforced now, so it is no longer listed as inactive.
+    assert!(!notes.iter().any(|n| n.contains("max_concurrent_boot_streams")), "{out}");
 
     // The guide says the node id comes from the environment: without it, a clear refusal.
     let (code, _, err) = run_to_exit(journal(&["--config", fs, "--check"], &[]), &dir.0, "check-no-id");

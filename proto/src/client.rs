@@ -79,6 +79,12 @@ pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 /// TCP connect (trying every resolved address) and the TLS handshake, with timeouts;
 /// no pact handshake yet.
 pub fn connect_tls(endpoint: &str, tls: Arc<rustls::ClientConfig>, timeout: Duration) -> Result<TlsStream, CallError> {
+    let tcp = connect_tcp(endpoint, timeout)?;
+    tls_over(tcp, endpoint, tls, timeout)
+}
+
+/// TCP connect, trying every resolved address, with a timeout.
+pub fn connect_tcp(endpoint: &str, timeout: Duration) -> Result<TcpStream, CallError> {
     let target = socket_target(endpoint);
     let addrs: Vec<_> =
         target.to_socket_addrs().map_err(|e| CallError::Unreachable(format!("{target}: {e}")))?.collect();
@@ -99,6 +105,18 @@ pub fn connect_tls(endpoint: &str, tls: Arc<rustls::ClientConfig>, timeout: Dura
             last.map(|e| e.to_string()).unwrap_or_else(|| "no address".into())
         ))
     })?;
+    Ok(tcp)
+}
+
+/// The TLS handshake over an already connected socket (one whose options the caller set,
+/// e.g. a small receive buffer), verifying the server as `endpoint`'s host.
+pub fn tls_over(
+    tcp: TcpStream,
+    endpoint: &str,
+    tls: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<TlsStream, CallError> {
+    let target = socket_target(endpoint);
     let _ = tcp.set_nodelay(true);
     tcp.set_read_timeout(Some(timeout)).map_err(|e| CallError::Unreachable(e.to_string()))?;
     tcp.set_write_timeout(Some(timeout)).map_err(|e| CallError::Unreachable(e.to_string()))?;
@@ -122,7 +140,12 @@ impl Client {
         token: &str,
         timeout: Duration,
     ) -> Result<Client, CallError> {
-        let mut stream = connect_tls(endpoint, tls, timeout)?;
+        let stream = connect_tls(endpoint, tls, timeout)?;
+        Client::over(stream, endpoint, token)
+    }
+
+    /// The pact handshake over an established TLS stream.
+    pub fn over(mut stream: TlsStream, endpoint: &str, token: &str) -> Result<Client, CallError> {
         stream
             .write_all(&frame::client_hello())
             .and_then(|_| stream.flush())
@@ -172,6 +195,30 @@ impl Client {
             return Err(CallError::Protocol(format!("expected a response, got {:?}", f.kind)));
         }
         Resp::decode(&f.body[..]).map_err(|e| CallError::Protocol(format!("{} response: {e}", method.name())))
+    }
+
+    /// Starts a server-streaming call. Read its items with `next_item` until it returns None;
+    /// a long-lived stream (a subscription) is read the same way, item by item.
+    pub fn start_stream<Req: Message>(&mut self, method: Method, req: &Req) -> Result<u32, CallError> {
+        self.send(method, req.encode_to_vec())
+    }
+
+    /// The next item of stream `id`, or None at its end.
+    pub fn next_item<Item: Message + Default>(&mut self, id: u32) -> Result<Option<Item>, CallError> {
+        let f = self.read(id)?;
+        match f.kind {
+            FrameKind::StreamItem => Item::decode(&f.body[..])
+                .map(Some)
+                .map_err(|e| CallError::Protocol(format!("stream item (method {}): {e}", f.method))),
+            FrameKind::EndOfStream => Ok(None),
+            other => Err(CallError::Protocol(format!("unexpected {other:?} in a stream"))),
+        }
+    }
+
+    /// How long a read may wait (None = forever). A subscription that expects keepalives
+    /// sets this a little above the keepalive interval to notice a dead journal.
+    pub fn set_read_timeout(&mut self, t: Option<Duration>) -> Result<(), CallError> {
+        self.stream.sock.set_read_timeout(t).map_err(|e| CallError::Unreachable(e.to_string()))
     }
 
     /// A server-streaming call: collects every item until the end of the stream.

@@ -63,9 +63,14 @@ pub struct ConfigEntry {
     pub ttl_seconds: ::core::option::Option<u32>,
     #[prost(string, optional, tag = "10")]
     pub emergency_reason: ::core::option::Option<::prost::alloc::string::String>,
-    /// The complete declared overlay a `pact apply` recorded (COMMIT entries from apply only).
+    /// The complete declared state a `pact apply` recorded (COMMIT entries from apply only):
+    /// a vCluster's overlay, or a node's own declared config when the scope is a node.
+    /// On POLICY_UPDATE, `declared.policy` is the vCluster's new policy.
     #[prost(message, optional, tag = "11")]
     pub declared: ::core::option::Option<VClusterSpec>,
+    /// NODE_ASSIGNED and NODE_MOVED: the vCluster the node now belongs to.
+    #[prost(string, tag = "12")]
+    pub target_vcluster: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MountSpec {
@@ -103,6 +108,11 @@ pub struct FileDelta {
     pub owner: ::core::option::Option<::prost::alloc::string::String>,
     #[prost(string, optional, tag = "6")]
     pub group: ::core::option::Option<::prost::alloc::string::String>,
+    /// The new content, when a node commits a change to a file it saw drift (at most
+    /// 64 KiB; larger files are declared with `pact apply`). A committed delta without it
+    /// keeps the declared content if the hash matches, else records only the hash.
+    #[prost(string, optional, tag = "7")]
+    pub content: ::core::option::Option<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct NetworkDelta {

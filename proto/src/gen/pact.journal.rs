@@ -57,8 +57,9 @@ pub struct GetOverlayRequest {
     #[prost(string, tag = "1")]
     pub vcluster_id: ::prost::alloc::string::String,
 }
-/// A vCluster's overlay record: the latest declared state and the sequence that
-/// last touched it. The compressed, checksummed boot form is built from `spec`.
+/// A vCluster's overlay record: its declared state and the sequence that last
+/// touched it. The boot form (what nodes stream) is `spec` prost-encoded, then
+/// zstd-compressed (level 3); the journal stores it next to the record.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct OverlayRecord {
     #[prost(string, tag = "1")]
@@ -67,8 +68,28 @@ pub struct OverlayRecord {
     pub version: u64,
     #[prost(message, optional, tag = "3")]
     pub spec: ::core::option::Option<super::config::VClusterSpec>,
-    /// SHA-256 (hex) of the prost encoding of `spec`.
+    /// SHA-256 (hex) of the compressed boot form.
     #[prost(string, tag = "4")]
+    pub checksum: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "5")]
+    pub compressed_size: u32,
+    #[prost(uint32, tag = "6")]
+    pub raw_size: u32,
+}
+/// What the journal keeps per node: its vCluster assignment and its own declared
+/// config (the node delta's content) as of `version`, the last sequence that touched it.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct NodeRecord {
+    #[prost(string, tag = "1")]
+    pub node_id: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub version: u64,
+    #[prost(string, tag = "3")]
+    pub assigned_vcluster: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "4")]
+    pub declared: ::core::option::Option<super::config::VClusterSpec>,
+    /// SHA-256 (hex) of the node delta's data (a prost-encoded pact.stream.NodeDeltaBody).
+    #[prost(string, tag = "5")]
     pub checksum: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

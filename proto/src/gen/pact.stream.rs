@@ -45,9 +45,14 @@ pub struct NodeDeltaBody {
     /// The node-scoped journal entries that apply on top of the base overlay.
     #[prost(message, repeated, tag = "1")]
     pub entries: ::prost::alloc::vec::Vec<super::config::ConfigEntry>,
-    /// The node's own declared overrides, if any.
+    /// The node's own declared config: its pre-declared spec (`\[node.NAME\]` in `pact apply`)
+    /// with every later committed node-scoped change and rollback applied, so a committed
+    /// manual change survives a reboot.
     #[prost(message, optional, tag = "2")]
     pub node_spec: ::core::option::Option<super::config::VClusterSpec>,
+    /// The vCluster the journal has the node assigned to ("" = none).
+    #[prost(string, tag = "3")]
+    pub assigned_vcluster: ::prost::alloc::string::String,
 }
 /// The per-node part of the boot configuration.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -56,7 +61,7 @@ pub struct NodeDelta {
     pub node_id: ::prost::alloc::string::String,
     #[prost(uint64, tag = "2")]
     pub version: u64,
-    /// A prost-encoded NodeDeltaBody.
+    /// A prost-encoded NodeDeltaBody (not compressed: typically well under 1 KiB).
     #[prost(bytes = "vec", tag = "3")]
     pub data: ::prost::alloc::vec::Vec<u8>,
     /// SHA-256 (hex) of `data`.
@@ -98,6 +103,8 @@ pub mod config_chunk {
 }
 /// A running node asks to follow changes after `from_sequence` (normally the
 /// sequence its boot config reflects).
+/// An empty node_id follows every node (what `pact watch` does); an empty vcluster_id with
+/// a node_id follows the node's assigned vCluster; both empty follow everything.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SubscribeRequest {
     #[prost(string, tag = "1")]
@@ -133,12 +140,17 @@ pub struct NodeDeltaChanged {
 pub struct PolicyChanged {
     #[prost(message, optional, tag = "1")]
     pub policy: ::core::option::Option<super::policy::VClusterPolicy>,
+    /// The same policy as declared in the overlay spec.
+    #[prost(message, optional, tag = "2")]
+    pub spec: ::core::option::Option<super::config::PolicySpec>,
 }
 /// The command blacklist changed; `patterns` is the complete new list.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct BlacklistChanged {
     #[prost(string, repeated, tag = "1")]
     pub patterns: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, tag = "2")]
+    pub vcluster_id: ::prost::alloc::string::String,
 }
 /// The server cannot continue the stream incrementally (e.g. the subscriber
 /// fell too far behind): the node should re-run the boot stream, then
@@ -150,7 +162,8 @@ pub struct Resync {
     #[prost(uint64, tag = "2")]
     pub resume_from: u64,
 }
-/// One item of the SubscribeConfigUpdates response stream.
+/// One item of the SubscribeConfigUpdates response stream. An item with no `update` is a
+/// keepalive: `sequence` is how far the journal has looked, and resuming from it is safe.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ConfigUpdate {
     /// Journal sequence of the change this update reports.
