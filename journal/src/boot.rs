@@ -48,8 +48,6 @@ pub const CHUNK_SIZE: usize = 64 * 1024;
 /// BUSY answers ask the node to wait this long, plus up to the same again in jitter, so a
 /// refused wave does not come back in lockstep.
 pub const BUSY_RETRY_MS: u32 = 250;
-/// Updates queued per subscriber before it is told to resync.
-pub const SUBSCRIBER_QUEUE: usize = 1024;
 /// A quiet subscription gets a keepalive this often (and so notices a dead client).
 pub const KEEPALIVE: Duration = Duration::from_secs(10);
 /// How often a shard's feed looks for newly applied entries.
@@ -560,7 +558,8 @@ fn open_subscription(shard: &ShardRef, req: &Request) -> Result<Opened, RemoteEr
             }
         }
     }
-    let (tx, rx) = local_channel::new_bounded(SUBSCRIBER_QUEUE);
+    let queue = shard.shared.subscriber_buffer.load(Ordering::Relaxed).clamp(1, 1_000_000) as usize;
+    let (tx, rx) = local_channel::new_bounded(queue);
     let sub = Rc::new(Subscriber {
         node_id: r.node_id,
         vcluster: RefCell::new(vc),
@@ -642,15 +641,22 @@ async fn run_subscription<S: AsyncWrite + Unpin>(
                 io.flush().await.map_err(|e| e.to_string())?;
             }
         }
-        if sub.overflowed.get() && futures_lite::future::poll_once(rx.recv()).await.is_none() {
-            // Everything queued before the overflow was written above; tell the node where
-            // its stream stops being complete.
+        if sub.overflowed.get() {
+            // Write what was queued before the overflow, then tell the node where its
+            // stream stops being complete.
+            while let Some(Some(u)) = futures_lite::future::poll_once(rx.recv()).await {
+                *last = (*last).max(u.sequence);
+                write_frame(io, FrameKind::StreamItem, m, id, &u.encode_to_vec()).await?;
+            }
             Shared::inc(&shard.shared.subscription_resyncs_total);
             let resync = ConfigUpdate {
                 sequence: *last,
                 timestamp: Some(now()),
                 update: Some(config_update::Update::Resync(Resync {
-                    reason: format!("subscriber fell more than {SUBSCRIBER_QUEUE} updates behind"),
+                    reason: format!(
+                        "subscriber fell more than {} updates behind ([journal.streaming] subscriber_buffer)",
+                        shard.shared.subscriber_buffer.load(Ordering::Relaxed)
+                    ),
                     resume_from: *last,
                 })),
             };

@@ -23,6 +23,7 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/pact/journal";
 pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9091";
 pub const DEFAULT_SNAPSHOT_INTERVAL: u64 = 10_000;
 pub const DEFAULT_MAX_CONCURRENT_BOOT_STREAMS: u64 = 15_000;
+pub const DEFAULT_SUBSCRIBER_BUFFER: u64 = 1024;
 pub const DEFAULT_CERT_LIFETIME_SECONDS: u64 = 259_200;
 pub const DEFAULT_RATE_LIMIT_PER_MINUTE: u64 = 100;
 pub const DEFAULT_HEARTBEAT_TIMEOUT_SECONDS: u64 = 300;
@@ -339,6 +340,9 @@ pub struct RaftConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamingConfig {
     pub max_concurrent_boot_streams: u64,
+    /// Updates queued per live subscription before the subscriber is told to resync
+    /// (pact's own key; not in the deployment guide).
+    pub subscriber_buffer: u64,
 }
 
 /// `[journal.enrollment]` (not active yet).
@@ -481,7 +485,10 @@ fn load_with_default(
         peers: Vec::new(),
         members: Vec::new(),
         raft: RaftConfig { snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL, election_tick: None, heartbeat_tick: None },
-        streaming: StreamingConfig { max_concurrent_boot_streams: DEFAULT_MAX_CONCURRENT_BOOT_STREAMS },
+        streaming: StreamingConfig {
+            max_concurrent_boot_streams: DEFAULT_MAX_CONCURRENT_BOOT_STREAMS,
+            subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
+        },
         enrollment: EnrollmentConfig {
             ca_cert: None,
             ca_key: None,
@@ -782,9 +789,12 @@ fn read_file(
         }
 
         if let Some(s) = j.section("streaming")? {
-            s.check_keys(&["max_concurrent_boot_streams"])?;
+            s.check_keys(&["max_concurrent_boot_streams", "subscriber_buffer"])?;
             if let Some(n) = s.u64("max_concurrent_boot_streams", 1..=u64::MAX)? {
                 cfg.streaming.max_concurrent_boot_streams = n;
+            }
+            if let Some(n) = s.u64("subscriber_buffer", 1..=1_000_000)? {
+                cfg.streaming.subscriber_buffer = n;
             }
         }
 

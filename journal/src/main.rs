@@ -302,6 +302,7 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
     sys::block_shutdown_signals();
     let shared = Arc::new(Shared::new(cfg.node_id));
     shared.max_boot_streams.store(cfg.streaming.max_concurrent_boot_streams, std::sync::atomic::Ordering::Relaxed);
+    shared.subscriber_buffer.store(cfg.streaming.subscriber_buffer, std::sync::atomic::Ordering::Relaxed);
     {
         let shared = shared.clone();
         std::thread::Builder::new()

@@ -43,6 +43,8 @@ pub struct Shared {
     // boot streaming and subscriptions (boot.rs)
     /// `[journal.streaming] max_concurrent_boot_streams`, across all shards.
     pub max_boot_streams: AtomicU64,
+    /// `[journal.streaming] subscriber_buffer`: updates queued per subscription.
+    pub subscriber_buffer: AtomicU64,
     pub boot_streams_active: AtomicU64,
     pub boot_streams_total: AtomicU64,
     pub boot_streams_busy_total: AtomicU64,

@@ -446,3 +446,50 @@ fn a_subscription_sees_every_change_once_and_resumes_across_a_restart() {
     drop(rx);
     let _ = follower;
 }
+
+#[test]
+fn a_subscriber_that_falls_behind_is_told_to_resync() {
+    let dir = common::temp_dir("boot-resync-cfg");
+    let cfg = dir.join("journal.toml");
+    std::fs::write(&cfg, "[journal.streaming]\nsubscriber_buffer = 1\n").unwrap();
+    let j = Journal::start_with("boot-resync", &["--config", cfg.to_str().unwrap()]);
+    let mut c = j.client();
+    let base = apply_vc(&mut c, "ml", &ml_spec());
+
+    let mut a = agent(&j, "n1", "ml");
+    // One entry that means three updates (overlay, policy, blacklist) arrives in one pass of
+    // the feed: a buffer of one cannot hold them.
+    let mut pol = entry(EntryType::PolicyUpdate, Target::VclusterId("ml".into()));
+    let mut policy = ml_spec().policy.unwrap();
+    policy.blacklist_patterns = vec!["shutdown*".into()];
+    policy.enforcement_mode = Some("observe".into());
+    pol.declared = Some(VClusterSpec { policy: Some(policy), ..Default::default() });
+    // Subscribe first (the feed must know the subscriber), then change.
+    let opened = std::thread::spawn(move || {
+        let mut sub = a.subscribe(base);
+        let first = sub.next_event();
+        let second = match &first {
+            Ok(Event::Update(_)) => Some(sub.next_event()),
+            _ => None,
+        };
+        (first, second, sub.last_sequence())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let seq = append(&mut c, pol);
+    let (first, second, last) = opened.join().unwrap();
+    let resync = match (first, second) {
+        (Ok(Event::Resync { reason, resume_from }), None) => (reason, resume_from),
+        (Ok(Event::Update(u)), Some(Ok(Event::Resync { reason, resume_from }))) => {
+            assert_eq!(u.sequence, seq, "what was queued before the overflow comes first");
+            (reason, resume_from)
+        }
+        other => panic!("expected a resync, got {other:?}"),
+    };
+    assert!(resync.0.contains("subscriber_buffer"), "{}", resync.0);
+    assert!(resync.1 <= seq, "resume_from {} must not skip past the entry whose updates were dropped", resync.1);
+    assert_eq!(last, resync.1);
+    assert!(metric(&j, "pact_journal_subscription_resyncs_total") >= 1);
+    // The node re-runs its boot stream and sees the new policy.
+    let b = agent(&j, "n1", "ml").boot(None).unwrap();
+    assert_eq!(b.overlay.policy.unwrap().enforcement_mode.as_deref(), Some("observe"));
+}
