@@ -36,6 +36,7 @@ fn bodies(f: &Frame) {
         let _ = pact_proto::journal::ListEntriesRequest::decode(b);
         let _ = pact_proto::journal::Command::decode(b);
         let _ = pact_proto::stream::BootConfigRequest::decode(b);
+        let _ = pact_proto::stream::SubscribeRequest::decode(b);
         let _ = pact_proto::shell::ShellInput::decode(b);
     }
     let _ = pact_proto::wire::ErrorBody::decode(&f.body[..]);
