@@ -217,7 +217,7 @@ pub async fn stream_boot<S: AsyncWrite + Unpin>(
     write_frame(io, FrameKind::EndOfStream, m, id, &[]).await?;
     io.flush().await.map_err(|e| e.to_string())?;
     Shared::inc(&shared.boot_streams_total);
-    shared.boot_stream_micros_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    shared.observe_boot_stream(started.elapsed());
     Ok(())
 }
 

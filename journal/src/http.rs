@@ -208,11 +208,21 @@ pub fn metrics_text(shard: &ShardRef) -> String {
     for (name, kind, help, v) in metrics {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node_id=\"{}\"}} {v}", s.node_id);
     }
+    // A Prometheus histogram: cumulative buckets, then sum and count.
+    let name = "pact_journal_boot_stream_duration_seconds";
+    let _ =
+        writeln!(out, "# HELP {name} Time to serve a boot stream, request to end of stream.\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (i, b) in s.boot_stream_buckets.iter().enumerate() {
+        cumulative += g(b);
+        let le = crate::shared::BOOT_BUCKETS_SECONDS.get(i).map_or("+Inf".to_string(), |v| v.to_string());
+        let _ = writeln!(out, "{name}_bucket{{node_id=\"{}\",le=\"{le}\"}} {cumulative}", s.node_id);
+    }
     let secs = g(&s.boot_stream_micros_total) as f64 / 1e6;
     let _ = writeln!(
         out,
-        "# HELP pact_journal_boot_stream_seconds_total Time spent serving completed boot streams.\n# TYPE pact_journal_boot_stream_seconds_total counter\npact_journal_boot_stream_seconds_total{{node_id=\"{}\"}} {secs:.6}",
-        s.node_id
+        "{name}_sum{{node_id=\"{}\"}} {secs:.6}\n{name}_count{{node_id=\"{}\"}} {cumulative}",
+        s.node_id, s.node_id
     );
     out
 }

@@ -50,10 +50,17 @@ pub struct Shared {
     pub boot_streams_busy_total: AtomicU64,
     pub boot_stream_errors_total: AtomicU64,
     pub boot_stream_micros_total: AtomicU64,
+    /// Completed boot streams by duration: counts per `BOOT_BUCKETS_SECONDS` upper bound
+    /// (not cumulative here; `/metrics` sums them), the last slot for +Inf.
+    pub boot_stream_buckets: [AtomicU64; BOOT_BUCKETS_SECONDS.len() + 1],
     pub overlay_builds_total: AtomicU64,
     pub subscriptions_active: AtomicU64,
     pub subscription_resyncs_total: AtomicU64,
 }
+
+/// Upper bounds of `pact_journal_boot_stream_duration_seconds`'s buckets (the boot-slow alert
+/// looks at its p99 against 10 s).
+pub const BOOT_BUCKETS_SECONDS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
 pub const ROLE_FOLLOWER: u8 = 0;
 pub const ROLE_CANDIDATE: u8 = 1;
@@ -85,5 +92,12 @@ impl Shared {
 
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn observe_boot_stream(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = BOOT_BUCKETS_SECONDS.iter().position(|b| secs <= *b).unwrap_or(BOOT_BUCKETS_SECONDS.len());
+        self.boot_stream_buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.boot_stream_micros_total.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 }

@@ -272,6 +272,10 @@ fn malformed_boot_requests_get_errors_while_others_proceed() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let n = good.join().unwrap();
     assert!(n >= 5, "{n} good boots");
+    // Every completed stream is in the duration histogram; refused ones are counted apart.
+    assert_eq!(metric(&j, "pact_journal_boot_stream_duration_seconds_count"), n + 1);
+    assert_eq!(metric(&j, "pact_journal_boot_streams_total"), n + 1);
+    assert_eq!(metric(&j, "pact_journal_boot_stream_errors_total"), 5);
 }
 
 fn metric(j: &Journal, name: &str) -> u64 {
