@@ -42,9 +42,9 @@ const FAILOVER_CLIENTS: u32 = 4;
 const FAILOVER_LIMIT: Duration = Duration::from_secs(60);
 
 #[derive(SerJson, Clone)]
-struct ErrorCount {
-    message: String,
-    count: u64,
+pub struct ErrorCount {
+    pub message: String,
+    pub count: u64,
 }
 
 #[derive(SerJson)]
@@ -307,10 +307,10 @@ fn fsync_baseline(dir: &std::path::Path, payload: usize, seconds: u64) -> Result
 
 /// Error messages and how often each came.
 #[derive(Default)]
-struct Messages(BTreeMap<String, u64>);
+pub(crate) struct Messages(BTreeMap<String, u64>);
 
 impl Messages {
-    fn add(&mut self, m: &str, n: u64) {
+    pub(crate) fn add(&mut self, m: &str, n: u64) {
         if self.0.len() >= MAX_MESSAGES && !self.0.contains_key(m) {
             *self.0.entry("(other)".into()).or_default() += n;
         } else {
@@ -318,13 +318,13 @@ impl Messages {
         }
     }
 
-    fn merge(&mut self, other: Messages) {
+    pub(crate) fn merge(&mut self, other: Messages) {
         for (m, n) in other.0 {
             self.add(&m, n);
         }
     }
 
-    fn list(&self) -> Vec<ErrorCount> {
+    pub(crate) fn list(&self) -> Vec<ErrorCount> {
         let mut v: Vec<ErrorCount> = self.0.iter().map(|(m, n)| ErrorCount { message: m.clone(), count: *n }).collect();
         v.sort_by_key(|e| std::cmp::Reverse(e.count));
         v

@@ -18,17 +18,23 @@ pub fn default_binary() -> PathBuf {
     exe.parent().map(|d| d.join("pact-journal")).unwrap_or_else(|| PathBuf::from("pact-journal"))
 }
 
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
 impl JournalProc {
     pub fn start(binary: &Path, data_dir: &Path, cores: Option<usize>) -> Result<JournalProc, String> {
+        Self::start_with_config(binary, data_dir, cores, None)
+    }
+
+    /// `config`: the text of a journal.toml to start it with (`--config`), if any.
+    pub fn start_with_config(
+        binary: &Path,
+        data_dir: &Path,
+        cores: Option<usize>,
+        config: Option<&str>,
+    ) -> Result<JournalProc, String> {
         let _ = std::fs::remove_dir_all(data_dir);
         std::fs::create_dir_all(data_dir).map_err(|e| format!("{}: {e}", data_dir.display()))?;
-        let port = free_port()?;
-        let metrics = free_port()?;
+        // The client port's next port must be free too: a journal listens for Raft there.
+        let (ports, metrics) = crate::quorum::free_ports(1)?;
+        let (port, metrics) = (ports[0], metrics[0]);
         let endpoint = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(data_dir.with_extension("log")).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(binary);
@@ -44,6 +50,11 @@ impl JournalProc {
             .stderr(Stdio::from(log));
         if let Some(c) = cores {
             cmd.arg("--cores").arg(c.to_string());
+        }
+        if let Some(text) = config {
+            let path = data_dir.with_extension("toml");
+            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+            cmd.arg("--config").arg(path);
         }
         let child = cmd
             .spawn()

@@ -3,10 +3,16 @@
 //!
 //! Exit codes: 0 ok, 1 benchmark failed, 2 bad command line.
 
+mod boot_payload;
+mod boot_storm;
 mod commit;
 mod etcd;
 mod journal_proc;
+mod nginx;
+mod pact_boot;
 mod quorum;
+mod storm;
+mod tls_ceiling;
 
 use std::process::ExitCode;
 
@@ -34,6 +40,45 @@ BENCHMARKS:
                       --json FILE (default DIR/commit.json)
                       --baseline etcd|none (default etcd when `etcd` is on PATH)
              Needs openssl on PATH with --nodes 3 (the run's cluster CA).
+  boot-storm N simulated nodes boot, C at a time, each on its OWN new TLS connection to a
+             journal's client port: pact hello, one StreamBootConfig, the whole stream read
+             (overlay chunks, its node delta, ConfigComplete), SHA-256 of the reassembled
+             overlay and of the delta checked. A Busy answer is waited out (retry_after_ms)
+             and retried on a new connection to the next journal; anything else fails the
+             boot and is counted. Journals started by the benchmark, loaded through
+             AppendEntry: one COMMIT for vCluster `bench` whose spec compresses to about
+             --overlay-kib KiB, one small COMMIT per node (node-00001..). Setups: `single`
+             (one --dev journal) and `quorum` (3 voters + 2 learners, nodes spread over all 5).
+             Baselines, same run, reported as ratios: nginx (TLS 1.3 only, the journal's
+             certificate, worker_processes = the journals' cores, access_log off) serving the
+             same overlay and delta bytes, each node GETting both on its own new connection;
+             and the in-memory TLS ceiling: one thread, rustls ServerConnection and
+             ClientConnection wired through memory, full handshake, the request, overlay +
+             delta, close_notify. Its server-side cost per boot = wall time inside the server's
+             rustls calls, in batches of 100 boots, each batch scaled by the share of its wall
+             time the thread was on a CPU (/proc/thread-self/schedstat), median batch mean;
+             ceiling boots/s = min(cores given to the server, machine CPUs) / that cost.
+             Reports boots/s, time to config (connect start to ConfigComplete, first attempt,
+             Busy waits included) p50/p99/p999, MB/s received (TLS bytes, 1 MB = 10^6 B),
+             server CPU s per 1000 boots (utime+stime of the journal or nginx processes),
+             ratios pact/nginx of boots/s and of CPU per boot, % of the ceiling's boots/s and
+             the ceiling's CPU per boot as a % of the server's, and the TLS handshake vs the
+             rest of each boot as the client sees it. The client shares the machine: on a small
+             one, boots/s is bound by all CPUs together; compare CPU per boot there.
+             Client: one std thread per in-flight node, blocking rustls, no resumption.
+             Options: --boots N (default 10000)  --concurrency C (default 1000)
+                      --cores N (cores per journal, default 1)
+                      --setups LIST (single,quorum; default both; `none` = baselines only,
+                        on synthetic bytes of the same sizes)
+                      --baseline nginx|none (default nginx when /usr/sbin/nginx or nginx on PATH)
+                      --nginx PATH  --no-ceiling  --ceiling-seconds S (default 3)
+                      --overlay-kib K (default 150)  --writers W (setup write threads, default 16)
+                      --max-boot-streams N (the journals' [journal.streaming]
+                        max_concurrent_boot_streams; default: theirs; lower it to see Busy)
+                      --seed N (default 1)  --timeout S (per socket operation, default 60)
+                      --journal PATH  --dir DIR (default ./perf/results)
+                      --json FILE (default DIR/boot-storm.json)
+             Exit code 1 when any boot failed (the results are written first).
 
 Build with `cargo build --release -p pact-perf -p pact-journal` and run target/release/pact-perf.";
 
@@ -46,6 +91,7 @@ fn main() -> ExitCode {
     let rest: Vec<_> = args.collect();
     let result = match bench.to_str() {
         Some("commit") => commit::run(rest),
+        Some("boot-storm") => boot_storm::run(rest),
         Some("-h") | Some("--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

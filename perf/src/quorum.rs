@@ -30,6 +30,8 @@ pub struct Node {
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Started with `--learner`: joins the quorum as a non-voting replica.
+    learner: bool,
 }
 
 pub struct Quorum {
@@ -48,7 +50,7 @@ pub struct Quorum {
 
 /// `n` client ports whose next port is free too (the Raft port), plus `n` metrics ports,
 /// all distinct: every listener is held until all are picked.
-fn free_ports(n: usize) -> Result<(Vec<u16>, Vec<u16>), String> {
+pub fn free_ports(n: usize) -> Result<(Vec<u16>, Vec<u16>), String> {
     let bind = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p));
     let mut held = Vec::new();
     let mut client = Vec::new();
@@ -115,7 +117,8 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(5)..].join("\n")
 }
 
-fn proc_cpu_seconds(pid: u32) -> f64 {
+/// User + system CPU seconds process `pid` has used so far (0 when it cannot be read).
+pub fn proc_cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -135,12 +138,19 @@ impl Quorum {
     /// Starts three journals with data under `root` (wiped first) and waits until all three
     /// are voters and report the same leader.
     pub fn start(binary: &Path, root: &Path, cores: Option<usize>) -> Result<Quorum, String> {
+        Self::start_with_config(binary, root, cores, "")
+    }
+
+    /// Like [`Quorum::start`], every journal reading `config` as its journal.toml.
+    pub fn start_with_config(binary: &Path, root: &Path, cores: Option<usize>, config: &str) -> Result<Quorum, String> {
         let _ = std::fs::remove_dir_all(root);
         std::fs::create_dir_all(root).map_err(|e| format!("{}: {e}", root.display()))?;
         let (ca_cert, ca_key) = make_ca(&root.join("ca"))?;
-        // An empty configuration file, so that no /etc/pact/journal.toml on this machine counts.
+        // A configuration file (empty unless given), so that no /etc/pact/journal.toml on this
+        // machine counts.
+        let config_text = config;
         let config = root.join("journal.toml");
-        std::fs::write(&config, "").map_err(|e| format!("{}: {e}", config.display()))?;
+        std::fs::write(&config, config_text).map_err(|e| format!("{}: {e}", config.display()))?;
         let secret = random_hex(32)?;
         let token = HmacVerifier::new(secret.as_bytes(), ISSUER, AUDIENCE).mint(
             "pact-perf",
@@ -159,6 +169,7 @@ impl Quorum {
                 data_dir: root.join(format!("journal-{}", i + 1)),
                 log: root.with_file_name(format!("{stem}-journal-{}.log", i + 1)),
                 child: None,
+                learner: false,
             })
             .collect();
         let mut q = Quorum {
@@ -215,6 +226,9 @@ impl Quorum {
             .stderr(Stdio::from(log));
         if bootstrap {
             cmd.arg("--bootstrap");
+        }
+        if n.learner {
+            cmd.arg("--learner");
         }
         if let Some(c) = self.cores {
             cmd.arg("--cores").arg(c.to_string());
@@ -352,6 +366,89 @@ impl Quorum {
             }
         }
         Ok(())
+    }
+
+    /// Starts `count` more journals (ids 4, 5, ...) with `--learner` and the quorum's
+    /// `PACT_JOURNAL_PEERS`: each asks the leader over the Raft port to add it as a learner.
+    /// Returns once the leader lists every one of them as a learner and each has applied
+    /// what the leader had committed.
+    pub fn add_learners(&mut self, count: usize, limit: Duration) -> Result<(), String> {
+        let (ports, metrics) = free_ports(count)?;
+        let stem = self.root.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_else(|| "quorum".into());
+        for k in 0..count {
+            let id = (self.nodes.len() + 1) as u64;
+            let log = self.root.with_file_name(format!("{stem}-journal-{id}.log"));
+            let _ = std::fs::remove_file(&log);
+            self.nodes.push(Node {
+                id,
+                endpoint: format!("127.0.0.1:{}", ports[k]),
+                metrics: format!("127.0.0.1:{}", metrics[k]),
+                data_dir: self.root.join(format!("journal-{id}")),
+                log,
+                child: None,
+                learner: true,
+            });
+            let i = self.nodes.len() - 1;
+            self.spawn(i, false)?;
+        }
+        let deadline = Instant::now() + limit;
+        loop {
+            self.check_running()?;
+            let why = match self.learners_joined() {
+                Ok(()) => match self.wait_all_applied(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => e,
+                },
+                Err(e) => e,
+            };
+            if Instant::now() > deadline {
+                return Err(format!("the learners did not join in {}s ({why})", limit.as_secs()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn learners_joined(&self) -> Result<(), String> {
+        let h = self.healthy()?;
+        let li = self.index_of(h.leader).ok_or("no leader")?;
+        let st = self.status(li)?;
+        for n in self.nodes.iter().filter(|n| n.learner) {
+            if !st.members.iter().any(|m| m.id == n.id && m.role == "learner") {
+                return Err(format!("the leader does not list journal {} as a learner yet", n.id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until every journal (voters and learners) has applied what the leader had
+    /// committed when this was called.
+    pub fn wait_all_applied(&mut self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        let h = self.wait_healthy(limit)?;
+        let li = self.index_of(h.leader).ok_or("no leader")?;
+        let committed = self.status(li)?.commit_index;
+        loop {
+            self.check_running()?;
+            let behind: Vec<String> = (0..self.nodes.len())
+                .filter_map(|i| match self.status(i) {
+                    Ok(s) if s.applied_index >= committed => None,
+                    Ok(s) => Some(format!("journal {} at {}", self.nodes[i].id, s.applied_index)),
+                    Err(e) => Some(e),
+                })
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not all journals applied index {committed}: {}", behind.join(", ")));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Where journal `i` keeps its TLS material (`ca.crt`, `server.crt`, `server.key`).
+    pub fn tls_dir(&self, i: usize) -> PathBuf {
+        self.nodes[i].data_dir.join("tls")
     }
 
     /// User + system CPU seconds used so far, summed over the running journals.
