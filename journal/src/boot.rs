@@ -27,7 +27,7 @@ use futures_lite::{AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use heed::RoTxn;
 use pact_proto::config::{scope::Target, ConfigEntry, EntryType, PolicySpec, Timestamp};
-use pact_proto::frame::{encode_header, FrameHeader, FrameKind};
+use pact_proto::frame::{encode_header, FrameHeader, FrameKind, HEADER_LEN};
 use pact_proto::journal::{NodeRecord, OverlayRecord};
 use pact_proto::policy::VClusterPolicy;
 use pact_proto::stream::{
@@ -123,7 +123,8 @@ fn now() -> Timestamp {
     Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() }
 }
 
-/// Writes one frame: header, then body (rustls copies both into its records).
+/// Writes one frame, header and body in one write: every write to a TLS stream becomes at
+/// least one record and one send, so a separate 12-byte header would double both.
 async fn write_frame<S: AsyncWrite + Unpin>(
     io: &mut S,
     kind: FrameKind,
@@ -131,9 +132,49 @@ async fn write_frame<S: AsyncWrite + Unpin>(
     id: u32,
     body: &[u8],
 ) -> Result<(), String> {
-    let h = encode_header(&FrameHeader { kind, method, request_id: id, body_len: body.len() as u32 });
-    io.write_all(&h).await.map_err(|e| e.to_string())?;
-    io.write_all(body).await.map_err(|e| e.to_string())
+    let mut w = FrameWriter::new(body.len() + HEADER_LEN);
+    w.push(io, kind, method, id, body).await?;
+    w.drain(io).await
+}
+
+/// Frames gathered into writes of about `FLUSH_AT` bytes: a boot stream (overlay chunks,
+/// node delta, completion, end) goes out in full 16 KiB TLS records and few sends.
+struct FrameWriter {
+    buf: Vec<u8>,
+}
+
+const FLUSH_AT: usize = 64 * 1024;
+
+impl FrameWriter {
+    fn new(capacity: usize) -> FrameWriter {
+        FrameWriter { buf: Vec::with_capacity(capacity) }
+    }
+
+    async fn push<S: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        kind: FrameKind,
+        method: u16,
+        id: u32,
+        body: &[u8],
+    ) -> Result<(), String> {
+        let h = encode_header(&FrameHeader { kind, method, request_id: id, body_len: body.len() as u32 });
+        self.buf.extend_from_slice(&h);
+        self.buf.extend_from_slice(body);
+        if self.buf.len() >= FLUSH_AT {
+            self.drain(io).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is gathered (not flushed: the caller flushes at the end of a reply).
+    async fn drain<S: AsyncWrite + Unpin>(&mut self, io: &mut S) -> Result<(), String> {
+        if !self.buf.is_empty() {
+            io.write_all(&self.buf).await.map_err(|e| e.to_string())?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
 }
 
 /// Turns a request-level failure into an Error frame; the connection stays open.
@@ -187,10 +228,11 @@ pub async fn stream_boot<S: AsyncWrite + Unpin>(
             return answer_error(shard, io, m, id, e).await;
         }
     };
+    let mut w = FrameWriter::new(FLUSH_AT + CHUNK_SIZE + 1024);
     let send_overlay = plan.last_known_version != Some(plan.overlay.version);
     if send_overlay {
         for chunk in &plan.overlay.chunks {
-            write_frame(io, FrameKind::StreamItem, m, id, chunk).await?;
+            w.push(io, FrameKind::StreamItem, m, id, chunk).await?;
         }
     }
     let send_delta = plan.last_known_node_version != Some(plan.node.version);
@@ -203,7 +245,7 @@ pub async fn stream_boot<S: AsyncWrite + Unpin>(
                 checksum: plan.node.checksum.clone(),
             })),
         };
-        write_frame(io, FrameKind::StreamItem, m, id, &delta.encode_to_vec()).await?;
+        w.push(io, FrameKind::StreamItem, m, id, &delta.encode_to_vec()).await?;
     }
     let complete = ConfigChunk {
         chunk: Some(config_chunk::Chunk::Complete(ConfigComplete {
@@ -213,8 +255,9 @@ pub async fn stream_boot<S: AsyncWrite + Unpin>(
             unchanged: !send_overlay && !send_delta,
         })),
     };
-    write_frame(io, FrameKind::StreamItem, m, id, &complete.encode_to_vec()).await?;
-    write_frame(io, FrameKind::EndOfStream, m, id, &[]).await?;
+    w.push(io, FrameKind::StreamItem, m, id, &complete.encode_to_vec()).await?;
+    w.push(io, FrameKind::EndOfStream, m, id, &[]).await?;
+    w.drain(io).await?;
     io.flush().await.map_err(|e| e.to_string())?;
     Shared::inc(&shared.boot_streams_total);
     shared.observe_boot_stream(started.elapsed());

@@ -9,6 +9,7 @@ pub mod declared;
 pub mod dev;
 pub mod http;
 pub mod log;
+pub mod net;
 pub mod peer;
 pub mod pki;
 pub mod raft_driver;

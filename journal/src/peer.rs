@@ -188,7 +188,7 @@ impl LinkTask {
     /// TCP, TLS and the pact hello, all within CONNECT_TIMEOUT: a peer that accepts but never
     /// answers (a process that just died can leave its listener accepting for a while) must
     /// not hold the link forever.
-    async fn connect(&self) -> Result<futures_rustls::client::TlsStream<TcpStream>, String> {
+    async fn connect(&self) -> Result<futures_rustls::client::TlsStream<crate::net::Gather<TcpStream>>, String> {
         let name =
             rustls::pki_types::ServerName::try_from(crate::pki::raft_name(self.peer)).map_err(|e| e.to_string())?;
         let connector = TlsConnector::from(self.tls.clone());
@@ -199,7 +199,8 @@ impl LinkTask {
             let tcp = TcpStream::connect(addr.as_str()).await?;
             let _ = tcp.set_nodelay(true);
             tcp.set_write_timeout(Some(WRITE_TIMEOUT))?;
-            let mut tls = connector.connect(name, tcp).await.map_err(|e| io(format!("TLS: {e}")))?;
+            let mut tls =
+                connector.connect(name, crate::net::Gather(tcp)).await.map_err(|e| io(format!("TLS: {e}")))?;
             tls.write_all(&frame::client_hello()).await?;
             tls.flush().await?;
             let mut answer = [0u8; HANDSHAKE_LEN];
@@ -219,7 +220,7 @@ impl LinkTask {
     /// message that was not written).
     async fn pump(
         &self,
-        stream: &mut futures_rustls::client::TlsStream<TcpStream>,
+        stream: &mut futures_rustls::client::TlsStream<crate::net::Gather<TcpStream>>,
         first: Option<Message>,
         rx: &LocalReceiver<Message>,
     ) -> Result<(), (String, Option<Message>)> {
@@ -296,7 +297,7 @@ async fn peer_connection(acceptor: &TlsAcceptor, stream: TcpStream, inbox: &Loca
     let _ = stream.set_nodelay(true);
     let mut tls = glommio::timer::timeout(crate::server::HANDSHAKE_TIMEOUT, async {
         let mut tls = acceptor
-            .accept(stream)
+            .accept(crate::net::Gather(stream))
             .await
             .map_err(|e| glommio::GlommioError::from(std::io::Error::other(format!("TLS: {e}"))))?;
         let mut hello = [0u8; HANDSHAKE_LEN];

@@ -111,7 +111,7 @@ async fn connection(shard: &ShardRef, acceptor: &TlsAcceptor, stream: TcpStream)
     // connects and goes quiet holds a slot for seconds, not for the idle timeout.
     let opened = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async {
         let mut tls = acceptor
-            .accept(stream)
+            .accept(crate::net::Gather(stream))
             .await
             .map_err(|e| GlommioError::from(std::io::Error::other(format!("TLS: {e}"))))?;
         let mut hello = [0u8; HANDSHAKE_LEN];

@@ -57,6 +57,11 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| TlsError(format!("{}: certificate and key do not form a usable pair: {e}", cert.display())))?;
+    let mut cfg = cfg;
+    // No TLS 1.3 session tickets: pact's clients do not resume (a CLI process connects once; a
+    // booting node opens one connection), so each ticket would only cost randomness, a cache
+    // insert, an encrypted record and a send per connection, times 10,000 in a boot storm.
+    cfg.send_tls13_tickets = 0;
     Ok(Arc::new(cfg))
 }
 
