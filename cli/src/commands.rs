@@ -1,5 +1,6 @@
 //! Command-line parsing (lexopt) and the commands themselves. Each command returns the text
-//! to print, or a `Failure` carrying its exit code.
+//! to print, or a `Failure` carrying its exit code; `watch`, a live stream, prints as it goes
+//! and returns nothing to print.
 
 use crate::output::{self, Format};
 use crate::settings::{self, GlobalFlags, Settings};
@@ -7,7 +8,7 @@ use crate::{spec, Failure, EXIT_AUTH};
 use lexopt::prelude::*;
 use nanoserde::SerJson;
 use pact_proto::client::Client;
-use pact_proto::config::{scope::Target, ConfigEntry, EntryType, Scope};
+use pact_proto::config::{scope::Target, ConfigEntry, EntryType, Scope, VClusterSpec};
 use pact_proto::journal::{
     AppendEntryRequest, AppendEntryResponse, GetNodeStateRequest, JournalStatus, JournalStatusRequest,
     ListEntriesRequest,
@@ -25,7 +26,14 @@ COMMANDS:
   log [-n N] [--scope S]      journal entries, newest first
   commit -m MSG               record a commit on the current vCluster
   rollback SEQ [-m MSG]       record a rollback to entry SEQ
-  apply SPEC.toml             record a vCluster overlay spec as a commit
+  apply SPEC.toml             record vCluster overlay and node specs as commits
+  node assign NODE --vcluster NAME
+                              put a node into a vCluster
+  node move NODE --to-vcluster NAME
+                              move a node to another vCluster
+  node unassign NODE          take a node out of its vCluster
+  watch [--vcluster NAME] [--node NODE] [--from SEQ] [--count N]
+                              follow config updates as they are committed
   journal status              every journal: role, term, commit/applied index, lag
   journal add-voter ID --raft-addr H:P --client-addr H:P
   journal add-learner ID --raft-addr H:P --client-addr H:P
@@ -71,9 +79,12 @@ Records a ROLLBACK entry whose parent is SEQ on the current vCluster (or on NODE
 const APPLY_HELP: &str = "\
 USAGE: pact apply SPEC.toml [--dry-run]
 
-Reads a vCluster overlay spec ([vcluster.NAME] sysctl, modules, mounts, files, services,
-network, packages, policy) and records one COMMIT per vCluster carrying the complete state
-delta and the declared spec. The whole file is checked before anything is sent.
+Reads a spec file of vCluster overlays ([vcluster.NAME]: base_image, supervisor_backend,
+uenv, sysctl, modules, mounts, files, services, network, packages, policy) and node configs
+([node.NAME]: the same keys except base_image, supervisor_backend, uenv and policy, which a
+node takes from its vCluster), and records one COMMIT per vCluster and one per node, each
+carrying the complete state delta and the declared spec. A file may hold either or both.
+The whole file is checked before anything is sent.
 --dry-run: check and print the deltas, send nothing.";
 
 struct Parsed {
@@ -103,6 +114,8 @@ const VALUE_OPTS: &[(&str, Option<char>)] = &[
     ("node", None),
     ("raft-addr", None),
     ("client-addr", None),
+    ("to-vcluster", None),
+    ("count", None),
 ];
 const FLAG_OPTS: &[&str] = &["oldest-first", "dry-run", "linearizable"];
 
@@ -214,6 +227,8 @@ pub fn run(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<
         "rollback" => ROLLBACK_HELP,
         "apply" => APPLY_HELP,
         "journal" => crate::journal_cmd::HELP,
+        "node" => crate::node_cmd::HELP,
+        "watch" => crate::watch_cmd::HELP,
         "help" => return Ok(USAGE.into()),
         other => return Err(Failure::usage(format!("unknown command {other:?}\n\n{USAGE}"))),
     };
@@ -234,6 +249,26 @@ pub fn run(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<
             };
             let first = || connect_with(&s, p.flag("linearizable"));
             crate::journal_cmd::run(&p.positionals, &opts, &s, first)
+        }
+        "node" => {
+            p.only("node", &["to-vcluster"], &[], 2)?;
+            let opts = crate::node_cmd::Opts {
+                // Only what was typed: an assignment never falls back to the default vCluster.
+                vcluster_flag: p.globals.vcluster.as_deref(),
+                to_vcluster: p.opt("to-vcluster"),
+            };
+            crate::node_cmd::run(&p.positionals, &opts, &s)
+        }
+        "watch" => {
+            p.only("watch", &["node", "from", "count"], &[], 0)?;
+            let opts = crate::watch_cmd::Opts::parse(
+                p.globals.vcluster.as_deref(),
+                p.opt("node"),
+                p.opt("from"),
+                p.opt("count"),
+            )?;
+            // watch prints as it goes; nothing is left to print at the end.
+            crate::watch_cmd::run(&opts, &s).map(|()| String::new())
         }
         _ => apply(&p, &s),
     }
@@ -277,7 +312,7 @@ fn parse_scope(text: &str) -> Result<Scope, Failure> {
     Ok(Scope { target: Some(target) })
 }
 
-fn parse_u64(name: &str, v: &str) -> Result<u64, Failure> {
+pub fn parse_u64(name: &str, v: &str) -> Result<u64, Failure> {
     v.parse().map_err(|_| Failure::usage(format!("{name} {v:?}: expected a non-negative integer")))
 }
 
@@ -339,7 +374,7 @@ fn log(p: &Parsed, s: &Settings) -> Result<String, Failure> {
     })
 }
 
-fn append(s: &Settings, entry: ConfigEntry) -> Result<String, Failure> {
+pub fn append(s: &Settings, entry: ConfigEntry) -> Result<String, Failure> {
     let mut c = connect(s)?;
     let scope = output::scope_text(entry.scope.as_ref());
     let kind = output::entry_type_text(entry.entry_type);
@@ -397,20 +432,22 @@ fn apply(p: &Parsed, s: &Settings) -> Result<String, Failure> {
     p.only("apply", &[], &["dry-run"], 1)?;
     let path = p.positionals.first().ok_or_else(|| Failure::usage("`pact apply` needs SPEC.toml"))?;
     let text = std::fs::read_to_string(path).map_err(|e| Failure::usage(format!("{path}: {e}")))?;
-    let specs = spec::parse_spec(path, &text).map_err(|e| Failure::usage(e.to_string()))?;
-    if specs.is_empty() {
-        return Err(Failure::usage(format!("{path}: no [vcluster.NAME] section")));
-    }
-    let entries: Vec<ConfigEntry> = specs
+    // parse_spec refuses a file that declares nothing.
+    let file = spec::parse_spec(path, &text).map_err(|e| Failure::usage(e.to_string()))?;
+    let commit = |target: Target, declared: VClusterSpec| ConfigEntry {
+        entry_type: EntryType::Commit as i32,
+        scope: Some(Scope { target: Some(target) }),
+        state_delta: Some(spec::state_delta(&declared)),
+        policy_ref: format!("apply:{path}"),
+        declared: Some(declared),
+        ..Default::default()
+    };
+    // vClusters first: a node's config is layered on its vCluster's overlay.
+    let entries: Vec<ConfigEntry> = file
+        .vclusters
         .into_iter()
-        .map(|vc| ConfigEntry {
-            entry_type: EntryType::Commit as i32,
-            scope: Some(Scope { target: Some(Target::VclusterId(vc.vcluster_id.clone())) }),
-            state_delta: Some(spec::state_delta(&vc)),
-            policy_ref: format!("apply:{path}"),
-            declared: Some(vc),
-            ..Default::default()
-        })
+        .map(|vc| commit(Target::VclusterId(vc.vcluster_id.clone()), vc))
+        .chain(file.nodes.into_iter().map(|n| commit(Target::NodeId(n.node_id), n.spec)))
         .collect();
     if p.flag("dry-run") {
         return Ok(match s.output {
@@ -465,9 +502,61 @@ mod tests {
     fn help_and_version_need_no_journal() {
         let env = |_: &str| None;
         assert!(run(args(&["--version"]), &env).unwrap().starts_with("pact "));
-        for c in ["status", "log", "commit", "rollback", "apply"] {
+        for c in ["status", "log", "commit", "rollback", "apply", "node", "watch", "journal"] {
             assert!(run(args(&[c, "--help"]), &env).unwrap().contains("USAGE"));
         }
         assert_eq!(run(args(&["frobnicate"]), &env).unwrap_err().code, 1);
+    }
+
+    /// No config files, a default vCluster from the environment and a token that no journal
+    /// accepts: what these tests expect is refused by the command line, before connecting.
+    fn isolated(k: &str) -> Option<String> {
+        match k {
+            "PACT_CLI_CONFIG" => Some("/nonexistent/cli.toml".into()),
+            "PACT_DEV_DIR" => Some("/nonexistent".into()),
+            "PACT_VCLUSTER" => Some("from-env".into()),
+            "PACT_TOKEN" => Some("t".into()),
+            _ => None,
+        }
+    }
+
+    fn refused(a: &[&str]) -> String {
+        let f = run(args(a), &isolated).expect_err("should be refused");
+        assert_eq!(f.code, 1, "{}", f.message);
+        f.message
+    }
+
+    #[test]
+    fn node_and_watch_command_lines() {
+        // --vcluster is global: it is read before or after the command, and only a typed one
+        // counts for `node assign` (PACT_VCLUSTER is set above).
+        let p = parse(args(&["--vcluster", "ml", "node", "assign", "n1"])).unwrap();
+        assert_eq!(
+            (p.globals.vcluster.as_deref(), p.positionals.as_slice()),
+            (Some("ml"), &["assign".into(), "n1".into()][..])
+        );
+        let m = refused(&["node", "assign", "n1"]);
+        assert!(m.contains("needs --vcluster NAME on the command line"), "{m}");
+        let m = refused(&["node", "assign", "n1", "n2", "--vcluster", "ml"]);
+        assert_eq!(m, "`pact node`: unexpected argument \"n2\"");
+        let m = refused(&["node", "move", "n1", "--to", "5"]);
+        assert_eq!(m, "`pact node` takes no option --to; see `pact node --help`");
+        let m = refused(&["node", "move", "n1", "--to-vcluster"]);
+        assert!(m.contains("--to-vcluster"), "{m}");
+        let p = parse(args(&["node", "move", "n1", "--to-vcluster", "inf"])).unwrap();
+        assert_eq!(p.opt("to-vcluster"), Some("inf"));
+
+        let m = refused(&["watch", "--to-vcluster", "x"]);
+        assert_eq!(m, "`pact watch` takes no option --to-vcluster; see `pact watch --help`");
+        assert_eq!(refused(&["watch", "ml"]), "`pact watch`: unexpected argument \"ml\"");
+        assert_eq!(refused(&["watch", "--count", "x"]), "--count \"x\": expected a non-negative integer");
+        assert_eq!(refused(&["watch", "--from", "1.5"]), "--from \"1.5\": expected a non-negative integer");
+        let p = parse(args(&["watch", "--node", "n1", "--from", "0", "--count", "1", "--output", "json"])).unwrap();
+        assert_eq!((p.opt("node"), p.opt("from"), p.opt("count")), (Some("n1"), Some("0"), Some("1")));
+        assert!(p.only("watch", &["node", "from", "count"], &[], 0).is_ok());
+        // Help needs no journal and names the commands.
+        assert!(USAGE.contains("node assign NODE --vcluster NAME") && USAGE.contains("watch ["));
+        assert!(run(args(&["node", "--help"]), &isolated).unwrap().contains("pact node move NODE --to-vcluster NAME"));
+        assert!(run(args(&["watch", "-h"]), &isolated).unwrap().contains("--count N"));
     }
 }

@@ -15,9 +15,11 @@
 
 mod commands;
 mod journal_cmd;
+mod node_cmd;
 mod output;
 mod settings;
 mod spec;
+mod watch_cmd;
 
 use std::process::ExitCode;
 

@@ -102,6 +102,8 @@ pub struct EntryJson {
     pub message: String,
     pub ttl_seconds: Option<u32>,
     pub emergency_reason: Option<String>,
+    /// NODE_ASSIGNED and NODE_MOVED: the vCluster the node now belongs to.
+    pub target_vcluster: Option<String>,
     pub state_delta: Option<DeltaJson>,
 }
 
@@ -173,6 +175,7 @@ pub fn entry_json(e: &ConfigEntry) -> EntryJson {
         message: e.policy_ref.clone(),
         ttl_seconds: e.ttl_seconds,
         emergency_reason: e.emergency_reason.clone(),
+        target_vcluster: (!e.target_vcluster.is_empty()).then(|| e.target_vcluster.clone()),
         state_delta: e.state_delta.as_ref().map(delta_json),
     }
 }
@@ -290,8 +293,19 @@ mod tests {
         };
         let j = entry_json(&e).serialize_json();
         assert!(j.contains("\"entry_type\":\"COMMIT\""), "{j}");
+        assert!(!j.contains("target_vcluster"), "left out when empty: {j}");
         assert!(j.contains("\"scope\":\"vc:ml\""), "{j}");
         assert!(j.contains("vm.swappiness"), "{j}");
         assert!(j.contains("nfs:s:/x [ro]"), "{j}");
+        let moved = ConfigEntry {
+            entry_type: EntryType::NodeMoved as i32,
+            scope: Some(Scope { target: Some(Target::NodeId("n1".into())) }),
+            target_vcluster: "inference".into(),
+            ..Default::default()
+        };
+        let j = entry_json(&moved).serialize_json();
+        assert!(j.contains("\"entry_type\":\"NODE_MOVED\""), "{j}");
+        assert!(j.contains("\"scope\":\"node:n1\""), "{j}");
+        assert!(j.contains("\"target_vcluster\":\"inference\""), "{j}");
     }
 }

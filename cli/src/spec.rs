@@ -1,6 +1,8 @@
 //! vCluster overlay specs (`pact apply <file>`): the documented overlay format
 //! (upstream-pact-features.md §5.4 a) read in full into `VClusterSpec`s, and the complete state
-//! delta a declared spec amounts to.
+//! delta a declared spec amounts to. A file may also declare nodes (`[node.NAME]`): a node's own
+//! config, written with the keys of a vCluster table minus the vCluster-wide ones, recorded as
+//! a `VClusterSpec` with an empty `vcluster_id`.
 //!
 //! Unlike the upstream's `pact apply`, which ignored unknown keys and half the documented
 //! format, everything here is read and checked: unknown keys (with a suggestion), wrong types,
@@ -9,8 +11,8 @@
 //!
 //! Services may be written as named tables (`[vcluster.X.services.NAME]`) or as an array of
 //! tables (`[[vcluster.X.services]]` with `name = ...`); both give the same spec. Output is
-//! deterministic: vClusters sorted by name, files by path, services by (order, name); the maps
-//! are BTreeMaps.
+//! deterministic: vClusters and nodes sorted by name, files by path, services by (order, name);
+//! the maps are BTreeMaps.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,6 +42,11 @@ const VCLUSTER_KEYS: &[&str] = &[
     "packages",
     "policy",
 ];
+/// Settings that belong to a vCluster as a whole (its image, supervisor, uenv and policy): a
+/// node takes them from the vCluster it is assigned to.
+const VCLUSTER_ONLY_KEYS: &[&str] = &["base_image", "supervisor_backend", "uenv", "policy"];
+/// A `[node.NAME]` table: VCLUSTER_KEYS without VCLUSTER_ONLY_KEYS.
+const NODE_KEYS: &[&str] = &["sysctl", "modules", "mounts", "files", "services", "network", "packages"];
 const MOUNT_KEYS: &[&str] = &["type", "source", "options", "read_only"];
 const FILE_KEYS: &[&str] = &["content", "content_hash", "mode", "owner", "group"];
 const SERVICE_KEYS: &[&str] = &[
@@ -79,21 +86,78 @@ const POLICY_KEYS: &[&str] = &[
     "blacklist_patterns",
 ];
 
+/// What one spec file declares: vClusters and nodes, each sorted by name.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SpecFile {
+    pub vclusters: Vec<VClusterSpec>,
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// A `[node.NAME]` table: the node's own declared config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    pub node_id: String,
+    /// `vcluster_id` is empty: the node's vCluster comes from its assignment, not the file.
+    pub spec: VClusterSpec,
+}
+
+/// Which kind of table is being read; errors and the allowed keys depend on it.
+#[derive(Clone, Copy, PartialEq)]
+enum Owner {
+    VCluster,
+    Node,
+}
+
+impl Owner {
+    fn noun(self) -> &'static str {
+        match self {
+            Owner::VCluster => "vCluster",
+            Owner::Node => "node",
+        }
+    }
+}
+
 /// Reads an overlay spec file. `path_label` is what errors call the file.
-pub fn parse_spec(path_label: &str, text: &str) -> Result<Vec<VClusterSpec>, ConfigError> {
+pub fn parse_spec(path_label: &str, text: &str) -> Result<SpecFile, ConfigError> {
     let file = TomlFile::parse(path_label, text)?;
     let root = file.root();
-    root.check_keys(&["vcluster"])?;
-    let Some(vclusters) = root.get("vcluster") else {
-        return Err(ConfigError::new(path_label, None, "", "no vCluster: expected at least one [vcluster.NAME] table"));
-    };
-    let fields = vclusters.section()?.fields();
-    if fields.is_empty() {
-        return Err(vclusters.error("no vCluster: expected at least one [vcluster.NAME] table"));
+    root.check_keys(&["vcluster", "node"])?;
+    let (vclusters, nodes) = (root.get("vcluster"), root.get("node"));
+    if vclusters.is_none() && nodes.is_none() {
+        return Err(ConfigError::new(
+            path_label,
+            None,
+            "",
+            "nothing declared: expected at least one [vcluster.NAME] or [node.NAME] table",
+        ));
     }
-    let mut specs = fields.iter().map(parse_vcluster).collect::<Result<Vec<_>, _>>()?;
-    specs.sort_by(|a, b| a.vcluster_id.cmp(&b.vcluster_id));
-    Ok(specs)
+    // A `[vcluster]` or `[node]` header with nothing under it is a mistake even when the other
+    // kind is present: it was meant to hold something.
+    fn tables<'a>(f: Option<Field<'a>>, what: &str) -> Result<Vec<Field<'a>>, ConfigError> {
+        let Some(f) = f else { return Ok(Vec::new()) };
+        let fields = f.section()?.fields();
+        if fields.is_empty() {
+            return Err(f.error(format!("no {what}: expected at least one [{}.NAME] table", f.key())));
+        }
+        Ok(fields)
+    }
+    let mut out = SpecFile::default();
+    for f in tables(vclusters, "vCluster")? {
+        out.vclusters.push(parse_table(&f, Owner::VCluster)?);
+    }
+    for f in tables(nodes, "node")? {
+        let spec = parse_table(&f, Owner::Node)?;
+        out.nodes.push(NodeSpec { node_id: f.key().to_string(), spec });
+    }
+    out.vclusters.sort_by(|a, b| a.vcluster_id.cmp(&b.vcluster_id));
+    out.nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    Ok(out)
+}
+
+/// vCluster and node names: `[A-Za-z0-9][A-Za-z0-9_-]*`. They end up in roles (pact-ops-NAME)
+/// and scopes, so the CLI holds every name it sends to this alphabet.
+pub fn is_valid_name(s: &str) -> bool {
+    is_name(s, false)
 }
 
 /// `sha256:<hex>` of a file's content, as FileDelta and FileSpec carry it.
@@ -179,27 +243,47 @@ pub fn state_delta(spec: &VClusterSpec) -> StateDelta {
     StateDelta { mounts, files, network, services, kernel, packages, gpu: Vec::new() }
 }
 
-// ---- one vCluster ----
+// ---- one vCluster or node ----
 
-fn parse_vcluster(field: &Field<'_>) -> Result<VClusterSpec, ConfigError> {
+fn parse_table(field: &Field<'_>, owner: Owner) -> Result<VClusterSpec, ConfigError> {
     let name = field.key();
-    // The name ends up in roles (pact-ops-NAME) and scopes: keep it to a safe alphabet.
-    if !is_name(name, false) {
+    if !is_valid_name(name) {
         return Err(key_error(
             field,
             format!(
-                "invalid vCluster name {name:?}: use letters, digits, '-' and '_', starting with a letter or digit"
+                "invalid {} name {name:?}: use letters, digits, '-' and '_', starting with a letter or digit",
+                owner.noun()
             ),
         ));
     }
     let t = field.section()?;
-    t.check_keys(VCLUSTER_KEYS)?;
-    let mut spec = VClusterSpec {
-        vcluster_id: name.to_string(),
-        base_image: non_empty(&t, "base_image")?.unwrap_or_default(),
-        supervisor_backend: t.one_of("supervisor_backend", &["pact", "systemd"])?.unwrap_or_default().to_string(),
-        uenv: non_empty(&t, "uenv")?.unwrap_or_default(),
-        ..VClusterSpec::default()
+    let mut spec = match owner {
+        Owner::VCluster => {
+            t.check_keys(VCLUSTER_KEYS)?;
+            VClusterSpec {
+                vcluster_id: name.to_string(),
+                base_image: non_empty(&t, "base_image")?.unwrap_or_default(),
+                supervisor_backend: t
+                    .one_of("supervisor_backend", &["pact", "systemd"])?
+                    .unwrap_or_default()
+                    .to_string(),
+                uenv: non_empty(&t, "uenv")?.unwrap_or_default(),
+                ..VClusterSpec::default()
+            }
+        }
+        Owner::Node => {
+            t.check_keys(NODE_KEYS).map_err(|mut e| {
+                // Still the unknown-key error, plus where such a key does belong.
+                let key = e.key.rsplit('.').next().unwrap_or_default();
+                if VCLUSTER_ONLY_KEYS.contains(&key) {
+                    e.message.push_str(&format!(
+                        " (`{key}` is a vCluster-wide setting: put it under [vcluster.NAME]; the node takes it from its vCluster)"
+                    ));
+                }
+                e
+            })?;
+            VClusterSpec::default()
+        }
     };
 
     if let Some(s) = t.section("sysctl")? {
@@ -234,7 +318,7 @@ fn parse_vcluster(field: &Field<'_>) -> Result<VClusterSpec, ConfigError> {
         spec.files.sort_by(|a, b| a.path.cmp(&b.path));
     }
     if let Some(services) = t.get("services") {
-        spec.services = read_services(&services)?;
+        spec.services = read_services(&services, owner)?;
     }
     if let Some(network) = t.section("network")? {
         for f in network.fields() {
@@ -256,6 +340,7 @@ fn parse_vcluster(field: &Field<'_>) -> Result<VClusterSpec, ConfigError> {
             spec.packages.insert(name.to_string(), non_empty_field(&f)?);
         }
     }
+    // Only a vCluster gets this far with a `policy` key (check_keys above).
     if let Some(p) = t.section("policy")? {
         spec.policy = Some(read_policy(&p)?);
     }
@@ -360,7 +445,7 @@ fn parse_mode(f: &Field<'_>) -> Result<u32, ConfigError> {
 
 // ---- services ----
 
-fn read_services<'a>(field: &Field<'a>) -> Result<Vec<ServiceSpec>, ConfigError> {
+fn read_services<'a>(field: &Field<'a>, owner: Owner) -> Result<Vec<ServiceSpec>, ConfigError> {
     // (spec, its table) so later checks can point at the right line.
     let mut read: Vec<(ServiceSpec, Section<'a>)> = Vec::new();
     if field.is_table_like() {
@@ -384,13 +469,14 @@ fn read_services<'a>(field: &Field<'a>) -> Result<Vec<ServiceSpec>, ConfigError>
         return Err(field.expected("service tables ([services.NAME] or [[services]])"));
     }
 
-    // Every dependency must be a service of this vCluster, and there must be no cycle.
+    // Every dependency must be a service of this same table (vCluster or node), and there must
+    // be no cycle.
     let names: BTreeSet<&str> = read.iter().map(|(s, _)| s.name.as_str()).collect();
     for (spec, t) in &read {
         for (i, dep) in spec.depends_on.iter().enumerate() {
             if !names.contains(dep.as_str()) {
                 let e = &t.require("depends_on")?.array()?[i];
-                return Err(e.error(format!("unknown service {dep:?} (this vCluster has: {})", list(&names))));
+                return Err(e.error(format!("unknown service {dep:?} (this {} has: {})", owner.noun(), list(&names))));
             }
         }
     }
@@ -747,9 +833,9 @@ federation_template = "regulated-sensitive"
 "#;
 
     fn one(text: &str) -> VClusterSpec {
-        let mut specs = parse_spec("spec.toml", text).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(specs.len(), 1);
-        specs.remove(0)
+        let mut file = parse_spec("spec.toml", text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((file.vclusters.len(), file.nodes.len()), (1, 0));
+        file.vclusters.remove(0)
     }
 
     fn err(text: &str) -> ConfigError {
@@ -763,7 +849,7 @@ federation_template = "regulated-sensitive"
 
     #[test]
     fn example_file_parses() {
-        let specs = parse_spec("images/examples/ml-training.toml", EXAMPLE).unwrap_or_else(|e| panic!("{e}"));
+        let specs = parse_spec("images/examples/ml-training.toml", EXAMPLE).unwrap_or_else(|e| panic!("{e}")).vclusters;
         let ids: Vec<&str> = specs.iter().map(|s| s.vcluster_id.as_str()).collect();
         assert_eq!(ids, ["inference", "ml-training"]);
 
@@ -1097,7 +1183,7 @@ depends_on = ["a"]
         assert_eq!(e.key, "vcluster.vc.files.\"/a\".content_hash");
         let mode = |m: &str| -> Result<Option<u32>, ConfigError> {
             parse_spec("spec.toml", &format!("[vcluster.vc.files]\n\"/a\" = {{ content = \"\", mode = {m} }}\n"))
-                .map(|s| s[0].files[0].mode)
+                .map(|s| s.vclusters[0].files[0].mode)
         };
         assert_eq!(mode("\"0644\"").unwrap(), Some(0o644));
         assert_eq!(mode("\"644\"").unwrap(), Some(0o644));
@@ -1158,7 +1244,10 @@ depends_on = ["a"]
     #[test]
     fn file_level_errors() {
         let e = err("");
-        assert_eq!(e.to_string(), "spec.toml: no vCluster: expected at least one [vcluster.NAME] table");
+        assert_eq!(
+            e.to_string(),
+            "spec.toml: nothing declared: expected at least one [vcluster.NAME] or [node.NAME] table"
+        );
         let e = err("[vcluster]\n");
         assert_eq!(e.line, Some(1));
         let e = err("[vcluster.vc]\nbase_image = \n");
@@ -1169,10 +1258,95 @@ depends_on = ["a"]
     }
 
     #[test]
+    fn node_tables_beside_and_without_vclusters() {
+        let text = r#"
+[vcluster.ml.sysctl]
+"vm.swappiness" = "10"
+
+[node.n2.sysctl]
+"vm.nr_hugepages" = 64
+
+[node.n1.mounts]
+"/local" = { type = "xfs", source = "/dev/nvme0n1" }
+[node.n1.services.probe]
+binary = "/usr/bin/probe"
+[node.n1.files]
+"/etc/node-role" = { content = "login\n", mode = "0644" }
+[node.n1.packages]
+ipmitool = "1.8"
+"#;
+        let file = parse_spec("spec.toml", text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(file.vclusters.len(), 1);
+        assert_eq!(file.vclusters[0].vcluster_id, "ml");
+        let ids: Vec<&str> = file.nodes.iter().map(|n| n.node_id.as_str()).collect();
+        assert_eq!(ids, ["n1", "n2"], "sorted by name");
+        let n1 = &file.nodes[0].spec;
+        // A node's spec names no vCluster: that comes from its assignment.
+        assert_eq!(n1.vcluster_id, "");
+        assert_eq!(n1.mounts["/local"].fs_type, "xfs");
+        assert_eq!(n1.services[0].name, "probe");
+        assert_eq!(n1.files[0].content.as_deref(), Some("login\n"));
+        assert_eq!(n1.policy, None);
+        let d = state_delta(n1);
+        assert_eq!((d.mounts.len(), d.services.len(), d.files.len(), d.packages.len()), (1, 1, 1, 1));
+        assert_eq!(file.nodes[1].spec.sysctl["vm.nr_hugepages"], "64");
+        // Nodes alone are a complete file too.
+        let only = parse_spec("spec.toml", "[node.x1000c0s0b0n0.sysctl]\n\"vm.swappiness\" = 1\n").unwrap();
+        assert!(only.vclusters.is_empty());
+        assert_eq!(only.nodes[0].node_id, "x1000c0s0b0n0");
+    }
+
+    #[test]
+    fn node_keys_are_the_vcluster_keys_but_the_vcluster_wide_ones() {
+        let mut both: Vec<&str> = NODE_KEYS.iter().chain(VCLUSTER_ONLY_KEYS).copied().collect();
+        let mut all = VCLUSTER_KEYS.to_vec();
+        both.sort_unstable();
+        all.sort_unstable();
+        assert_eq!(both, all);
+    }
+
+    #[test]
+    fn node_table_errors() {
+        // The vCluster-wide keys are unknown keys in a node table, with where they belong.
+        for (text, key, line) in [
+            ("[node.n1]\nbase_image = \"img\"\n", "base_image", 2),
+            ("[node.n1]\nsysctl = {}\nsupervisor_backend = \"pact\"\n", "supervisor_backend", 3),
+            ("[node.n1]\nuenv = \"prgenv\"\n", "uenv", 2),
+            ("[node.n1.policy]\nregulated = true\n", "policy", 1),
+        ] {
+            let e = err(text);
+            assert_eq!(e.key, format!("node.n1.{key}"), "{text}");
+            assert_eq!(e.line, Some(line), "{text}");
+            assert!(e.message.starts_with(&format!("unknown key `node.n1.{key}`")), "{e}");
+            assert!(e.message.contains("vCluster-wide setting"), "{e}");
+        }
+        let e = err("[node.n1]\nsysctls = {}\n");
+        assert_eq!(e.line, Some(2));
+        assert_eq!(e.message, "unknown key `node.n1.sysctls` (did you mean `node.n1.sysctl`?)");
+        let e = err("[nodes.n1]\n");
+        assert_eq!(e.message, "unknown key `nodes` (did you mean `node`?)");
+        let e = err("[vcluster.vc]\n[node.\"n 1\"]\n");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.starts_with("invalid node name \"n 1\""), "{e}");
+        let e = err("[node]\n");
+        assert_eq!((e.line, e.message.as_str()), (Some(1), "no node: expected at least one [node.NAME] table"));
+        let e = err("[vcluster.vc]\n[node]\n");
+        assert_eq!(e.line, Some(2));
+        let e = err("[node.n1.files]\n\"/etc/x\" = { mode = \"0644\" }\n");
+        assert_eq!((e.key.as_str(), e.line), ("node.n1.files.\"/etc/x\"", Some(2)));
+        let e = err("[node.n1.services.a]\nbinary = \"/a\"\ndepends_on = [\"chronyd\"]\n");
+        assert_eq!(e.key, "node.n1.services.a.depends_on[0]");
+        assert_eq!(e.line, Some(3));
+        assert_eq!(e.message, "unknown service \"chronyd\" (this node has: a)");
+        let e = err("[node.n1.sysctl]\n\"vm.swappiness\" = [1]\n");
+        assert_eq!((e.key.as_str(), e.line), ("node.n1.sysctl.\"vm.swappiness\"", Some(2)));
+    }
+
+    #[test]
     fn output_is_deterministic() {
         let text = "[vcluster.b.services.z]\nbinary = \"/z\"\n[vcluster.b.services.y]\nbinary = \"/y\"\norder = 0\n[vcluster.a]\n[vcluster.b.files]\n\"/z\" = { content = \"\" }\n\"/a\" = { content = \"\" }\n";
-        let specs = parse_spec("spec.toml", text).unwrap();
-        assert_eq!(specs, parse_spec("spec.toml", text).unwrap());
+        let specs = parse_spec("spec.toml", text).unwrap().vclusters;
+        assert_eq!(specs, parse_spec("spec.toml", text).unwrap().vclusters);
         assert_eq!(specs[0].vcluster_id, "a");
         assert_eq!(specs[0], VClusterSpec { vcluster_id: "a".into(), ..VClusterSpec::default() });
         let names: Vec<&str> = specs[1].services.iter().map(|s| s.name.as_str()).collect();
@@ -1286,7 +1460,7 @@ cuda-toolkit = "12.4"
 
     #[test]
     fn example_file_state_delta() {
-        let specs = parse_spec("ml-training.toml", EXAMPLE).unwrap();
+        let specs = parse_spec("ml-training.toml", EXAMPLE).unwrap().vclusters;
         let d = state_delta(&specs[1]);
         assert_eq!(d.kernel.len(), 5 + 4);
         assert_eq!(d.mounts.len(), 2);

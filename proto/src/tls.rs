@@ -18,8 +18,15 @@ impl fmt::Display for TlsError {
 
 impl std::error::Error for TlsError {}
 
+/// ring, with TLS 1.3's AES-128-GCM/SHA-256 preferred over AES-256-GCM/SHA-384 (rustls's
+/// default first choice): both are standard TLS 1.3 suites, and on CPUs with SHA extensions
+/// the SHA-256 key schedule and AES-128 cost a boot storm's handshakes noticeably less.
+/// Every pact client and server uses this provider, so this is the suite they agree on.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::ring::default_provider();
+    let first = rustls::CipherSuite::TLS13_AES_128_GCM_SHA256;
+    p.cipher_suites.sort_by_key(|s| s.suite() != first);
+    Arc::new(p)
 }
 
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
