@@ -49,36 +49,38 @@ pub struct Quorum {
 }
 
 /// `n` client ports whose next port is free too (the Raft port), plus `n` metrics ports,
-/// all distinct: every listener is held until all are picked.
+/// all distinct: every listener is held until all are picked. Taken below the kernel's
+/// ephemeral range (32768+): after a boot storm, tens of thousands of client sockets sit in
+/// TIME_WAIT on ephemeral ports, and a port the kernel hands out for `:0` often has a busy
+/// neighbour.
 pub fn free_ports(n: usize) -> Result<(Vec<u16>, Vec<u16>), String> {
     let bind = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p));
+    let (lo, hi) = (20_000u32, 32_000u32);
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let start = lo + std::process::id().wrapping_mul(7919).wrapping_add(seed) % (hi - lo);
     let mut held = Vec::new();
-    let mut client = Vec::new();
-    for _ in 0..200 {
-        if client.len() == n {
+    let mut ports = Vec::new();
+    let mut candidate = start;
+    for _ in 0..(hi - lo) {
+        if ports.len() == 2 * n {
             break;
         }
-        let l = bind(0).map_err(|e| e.to_string())?;
-        let p = l.local_addr().map_err(|e| e.to_string())?.port();
-        if p == u16::MAX {
-            continue;
-        }
-        if let Ok(next) = bind(p + 1) {
-            client.push(p);
-            held.push(l);
+        let p = candidate as u16;
+        candidate = if candidate + 2 >= hi { lo } else { candidate + 2 };
+        let want_pair = ports.len() < n;
+        let Ok(l) = bind(p) else { continue };
+        if want_pair {
+            let Ok(next) = bind(p + 1) else { continue };
             held.push(next);
         }
-    }
-    if client.len() < n {
-        return Err("could not find free port pairs on 127.0.0.1".into());
-    }
-    let mut metrics = Vec::new();
-    for _ in 0..n {
-        let l = bind(0).map_err(|e| e.to_string())?;
-        metrics.push(l.local_addr().map_err(|e| e.to_string())?.port());
         held.push(l);
+        ports.push(p);
     }
-    Ok((client, metrics))
+    if ports.len() < 2 * n {
+        return Err(format!("could not find {n} free port pairs and {n} ports on 127.0.0.1 in {lo}..{hi}"));
+    }
+    let metrics = ports.split_off(n);
+    Ok((ports, metrics))
 }
 
 fn random_hex(bytes: usize) -> Result<String, String> {
