@@ -1,36 +1,422 @@
-//! pact-agent: the node agent (init, supervisor, config apply, drift, commit windows,
-//! exec/shell server). This build carries only its command-line surface; the agent itself
-//! is built by the agent issue, and until then this binary refuses to run rather than
-//! pretend to manage a node.
+//! pact-agent: the node agent. As PID 1 on a diskless node it mounts the pseudo filesystems,
+//! loads its early modules and brings up the network from `ip=`, streams its boot config
+//! from the journals, applies it, starts and supervises the services, and reaps every
+//! process; as an ordinary service it does the same minus the init duties, as the child
+//! subreaper.
 //!
-//! Exit codes: 0 `--help`/`--version`, 1 not yet able to run, 2 bad command line.
+//! One main loop (this thread): signals through a signalfd, reaping, the supervisor's
+//! timers, the watchdog, and what the journal thread sends. It never exits when PID 1: a
+//! fatal error is logged and the loop keeps reaping until an admin reboots the node.
+//!
+//! Console protocol (one line each, tagged so a serial log can be searched):
+//! `PACT-BOOT phase=<name> ms=<n>`, `PACT-APPLY <dimension> <item> <outcome>`,
+//! `PACT-SERVICE <name> <state> pid=<n>`, `PACT-READY node=<id>`, and, for each key in
+//! `pact.test_check=` on the kernel command line, `PACT-CHECK <key>=<value>` once ready.
+//!
+//! Exit codes (not PID 1): 0 stopped by SIGTERM/SIGINT, 1 runtime failure, 2 bad command
+//! line, 3 bad configuration.
 
+use pact_agent::boot::{self, Msg, Wake};
+use pact_agent::config::{self, AgentConfig, Flags, Sources};
+use pact_agent::init::{self, PowerAction};
+use pact_agent::supervisor::{self, Supervisor, SupervisorConfig};
+use pact_agent::sys::{self, SignalFd};
+use pact_agent::{apply, capability, early};
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_CONFIG: u8 = 3;
 
 const USAGE: &str = "\
-pact-agent: pact's node agent
+pact-agent: pact's node agent (init, supervisor, config apply)
 
-USAGE: pact-agent [--config FILE]
+USAGE: pact-agent [--config FILE] [--node-id ID] [--vcluster NAME] [--check]
 
-This build does not manage nodes yet (the agent arrives with its own issue).";
+  --config FILE     agent.toml (default /etc/pact/agent.toml)     [PACT_AGENT_CONFIG]
+  --node-id ID      this node's id (else PACT_AGENT_NODE_ID, pact.node_id= on the
+                    kernel command line, [agent] node_id, the hostname)
+  --vcluster NAME   the vCluster this node expects (the journal's assignment wins)
+  --check           resolve and print the configuration, then exit
+  -V, --version     -h, --help
 
-fn main() -> ExitCode {
-    match std::env::args().nth(1).as_deref() {
-        Some("-V") | Some("--version") => {
-            println!("pact-agent {}", pact_proto::VERSION);
-            ExitCode::SUCCESS
-        }
-        Some("-h") | Some("--help") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        None | Some("--config") => {
-            eprintln!("pact-agent: this build cannot manage a node yet; see `pact-agent --help`");
-            ExitCode::from(1)
-        }
-        Some(other) => {
-            eprintln!("pact-agent: unknown argument {other:?}\n\n{USAGE}");
-            ExitCode::from(2)
+Also reads /etc/pact/agent.env (KEY=VALUE). Runs as PID 1 (init) or as a service.
+Exit codes: 0 stopped, 1 runtime failure, 2 bad command line, 3 bad configuration.";
+
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn parse_flags() -> Result<(Flags, bool), String> {
+    use lexopt::prelude::*;
+    let mut flags = Flags::default();
+    let mut check = false;
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("config") => flags.config = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("node-id") => {
+                flags.node_id = Some(p.value().map_err(|e| e.to_string())?.string().map_err(|e| format!("{e:?}"))?)
+            }
+            Long("vcluster") => {
+                flags.vcluster = Some(p.value().map_err(|e| e.to_string())?.string().map_err(|e| format!("{e:?}"))?)
+            }
+            Long("check") => check = true,
+            Short('V') | Long("version") => {
+                say(&format!("pact-agent {}", pact_proto::VERSION));
+                std::process::exit(0);
+            }
+            Short('h') | Long("help") => {
+                say(USAGE);
+                std::process::exit(0);
+            }
+            // The kernel passes init its unknown command-line words; as PID 1 they are not ours.
+            Value(_) if init::is_pid1() => {}
+            other => return Err(other.unexpected().to_string()),
         }
     }
+    Ok((flags, check))
+}
+
+struct EventWaker(Arc<OwnedFd>);
+
+impl Wake for EventWaker {
+    fn wake(&self) {
+        let _ = rustix::io::write(&*self.0, &1u64.to_ne_bytes());
+    }
+}
+
+/// As PID 1 an error must never end the process: log it and keep reaping forever.
+fn hold_forever(sig: &SignalFd, why: &str) -> ! {
+    say(&format!("PACT: fatal: {why}; the agent keeps reaping until the node is rebooted"));
+    loop {
+        let mut fds = [PollFd::new(sig, PollFlags::IN)];
+        let _ = rustix::event::poll(&mut fds, None);
+        let _ = sig.read_all();
+        let _ = init::reap_all();
+    }
+}
+
+fn main() -> ExitCode {
+    let t0 = Instant::now();
+    let pid1 = init::is_pid1();
+    let (flags, check) = match parse_flags() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("pact-agent: {e}\n\n{USAGE}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // Before any thread: every handled signal is blocked and read from this fd.
+    let sig = match SignalFd::block_and_open() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pact-agent: signalfd: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let mut phases: Vec<(String, Duration)> = Vec::new();
+    if pid1 {
+        let steps = init::mount_pseudo_filesystems();
+        if let Err(e) = init::setup_console() {
+            say(&format!("PACT: console: {e}"));
+        }
+        say(&format!("PACT: pact-agent {} starting as PID 1", pact_proto::VERSION));
+        for (what, r) in steps {
+            if let Err(e) = r {
+                say(&format!("PACT: {what}: {e}"));
+            }
+        }
+        phases.push(("init".into(), t0.elapsed()));
+    } else if let Err(e) = init::become_subreaper() {
+        say(&format!("PACT: {e}"));
+    }
+    if let Err(e) = init::protect_from_oom() {
+        say(&format!("PACT: {e}"));
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    // After a switch from the initramfs to a SquashFS root, the first stage already loaded
+    // the modules and brought the network up.
+    if pid1 && !early::root_is_switched() {
+        let t = Instant::now();
+        for (m, r) in early::load_modules(std::path::Path::new("/etc/pact/early-modules")) {
+            if let Err(e) = r {
+                say(&format!("PACT: early module {m}: {e}"));
+            }
+        }
+        match early::parse_ip_param(&cmdline) {
+            Some(Ok(ip)) => {
+                if let Err(e) = early::configure_network(&ip) {
+                    say(&format!("PACT: network {}: {e}", ip.device));
+                }
+            }
+            Some(Err(e)) => say(&format!("PACT: ip= on the kernel command line: {e}")),
+            None => {}
+        }
+        phases.push(("early".into(), t.elapsed()));
+        // `pact.root=squashfs:/dev/vda`: mount the SquashFS root with a tmpfs overlay and
+        // exec the agent in it (still PID 1); returns only on failure.
+        if let Some(dev) =
+            config::cmdline_value(&cmdline, "pact.root").and_then(|v| v.strip_prefix("squashfs:").map(str::to_string))
+        {
+            say(&format!("PACT: switching to the SquashFS root on {dev}"));
+            if let Err(e) = early::switch_root_from_squashfs(&dev) {
+                hold_forever(&sig, &format!("SquashFS root {dev}: {e}"));
+            }
+        }
+    }
+
+    let env = |k: &str| std::env::var(k).ok();
+    let t = Instant::now();
+    let cfg = match load_config(&flags, &env, &cmdline) {
+        Ok(c) => c,
+        Err(e) if pid1 => hold_forever(&sig, &format!("configuration: {e}")),
+        Err(e) => {
+            eprintln!("pact-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    phases.push(("config".into(), t.elapsed()));
+    if check {
+        say(&format!("{}: configuration OK", cfg.source.as_deref().unwrap_or("(defaults)")));
+        say(&format!("node id {} (from {}), vCluster {:?}", cfg.node_id, cfg.node_id_from, cfg.vcluster));
+        say(&format!("journal endpoints {:?}, CA {}", cfg.journal.endpoints, cfg.journal.tls_ca.display()));
+        say(&format!("supervisor backend {:?}, enforcement {:?}", cfg.backend, cfg.enforcement_mode));
+        for k in &cfg.not_yet_active {
+            say(&format!("configured, not yet active: {k}"));
+        }
+        return ExitCode::SUCCESS;
+    }
+    for k in &cfg.not_yet_active {
+        say(&format!("PACT: configured, not yet active: {k}"));
+    }
+    match run(pid1, &sig, cfg, &cmdline, t0, phases) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if pid1 => hold_forever(&sig, &e),
+        Err(e) => {
+            eprintln!("pact-agent: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn load_config(flags: &Flags, env: &dyn Fn(&str) -> Option<String>, cmdline: &str) -> Result<AgentConfig, String> {
+    let file = config::read_config_file(flags, env).map_err(|e| e.to_string())?;
+    let hostname = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let src = Sources {
+        env,
+        cmdline,
+        hostname: &hostname,
+        env_file: config::read_optional(std::path::Path::new(config::DEFAULT_ENV_FILE)),
+    };
+    config::resolve(flags, &src, file.as_ref().map(|(l, t)| (l.as_str(), t.as_str()))).map_err(|e| e.to_string())
+}
+
+fn run(
+    pid1: bool,
+    sig: &SignalFd,
+    cfg: AgentConfig,
+    cmdline: &str,
+    t0: Instant,
+    mut phases: Vec<(String, Duration)>,
+) -> Result<(), String> {
+    let mut sup_cfg = SupervisorConfig::defaults(match cfg.backend {
+        config::Backend::Pact => supervisor::BackendKind::Pact,
+        config::Backend::Systemd => supervisor::BackendKind::Systemd,
+    });
+    if let Some(root) = cgroup2_root() {
+        sup_cfg.cgroup_root = root;
+    }
+    let mut sup = Supervisor::new(sup_cfg).map_err(|e| format!("supervisor: {e}"))?;
+    for n in sup.notes() {
+        say(&format!("PACT: supervisor: {n}"));
+    }
+    let mut watchdog = match init::Watchdog::open(std::path::Path::new("/dev/watchdog")) {
+        Some(Ok(w)) if pid1 => Some(w),
+        Some(Err(e)) => {
+            say(&format!("PACT: watchdog: {e}"));
+            None
+        }
+        _ => None,
+    };
+    let wake_fd = Arc::new(
+        rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)
+            .map_err(|e| format!("eventfd: {e}"))?,
+    );
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(64);
+    let hostname = early::parse_ip_param(cmdline)
+        .and_then(|r| r.ok())
+        .and_then(|ip| ip.hostname)
+        .unwrap_or_else(|| cfg.node_id.clone());
+    let node_id = cfg.node_id.clone();
+    let manifest = cfg.capability_manifest.clone();
+    let link = boot::Link { tx, waker: EventWaker(wake_fd.clone()) };
+    let target = apply::Target::system(apply::DEFAULT_NFS_TIMEOUT);
+    std::thread::Builder::new()
+        .name("journal".into())
+        .spawn(move || {
+            let why = boot::run(cfg, hostname, target, link);
+            say(&format!("PACT: journal thread stopped: {why}"));
+        })
+        .map_err(|e| format!("journal thread: {e}"))?;
+
+    let checks: Vec<String> = config::cmdline_value(cmdline, "pact.test_check")
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let poweroff_after_ready = config::cmdline_value(cmdline, "pact.test_poweroff_after_ready").as_deref() == Some("1");
+    let mut ready = false;
+    loop {
+        let now = Instant::now();
+        let mut deadline = sup.next_deadline().unwrap_or(now + Duration::from_secs(60));
+        if let Some(w) = &watchdog {
+            deadline = deadline.min(w.next_due());
+        }
+        let timeout = deadline.saturating_duration_since(now).min(Duration::from_secs(60));
+        let ts =
+            rustix::event::Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: i64::from(timeout.subsec_nanos()) };
+        let mut fds = [PollFd::new(sig, PollFlags::IN), PollFd::new(&*wake_fd, PollFlags::IN)];
+        let _ = rustix::event::poll(&mut fds, Some(&ts));
+        let mut stop: Option<PowerAction> = None;
+        for s in sig.read_all() {
+            match s {
+                libc::SIGCHLD => {}
+                libc::SIGTERM | libc::SIGPWR => stop = Some(PowerAction::PowerOff),
+                libc::SIGINT => stop = Some(PowerAction::Reboot),
+                other => say(&format!("PACT: {} ignored", sys::signal_name(other))),
+            }
+        }
+        for (pid, exit) in init::reap_all() {
+            sup.child_exited(pid, exit_info(exit));
+        }
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&*wake_fd, &mut buf);
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                Msg::Log(l) => say(&l),
+                Msg::Applied { services, first, from, phases: p } => {
+                    let t = Instant::now();
+                    for c in sup.reconcile(&services) {
+                        say(&format!("PACT: service change: {c}"));
+                    }
+                    for st in sup.status_all() {
+                        say(&format!("PACT-SERVICE {} {} pid={}", st.name, state_name(&st.state), st.pid.unwrap_or(0)));
+                    }
+                    if first && !ready {
+                        phases.extend(p);
+                        phases.push(("services".into(), t.elapsed()));
+                        let t = Instant::now();
+                        let cap = capability::collect();
+                        if let Err(e) = capability::write_json(&manifest, &cap) {
+                            say(&format!("PACT: {}: {e}", manifest.display()));
+                        }
+                        phases.push(("capability".into(), t.elapsed()));
+                        if let Err(e) = std::fs::create_dir_all("/run/pact")
+                            .and_then(|_| std::fs::write("/run/pact/ready", format!("{node_id}\n")))
+                        {
+                            say(&format!("PACT: /run/pact/ready: {e}"));
+                        }
+                        for (name, d) in &phases {
+                            say(&format!("PACT-BOOT phase={name} ms={}", d.as_millis()));
+                        }
+                        say(&format!("PACT-BOOT phase=total ms={}", t0.elapsed().as_millis()));
+                        say(&format!("PACT-READY node={node_id} from={from}"));
+                        ready = true;
+                        for c in &checks {
+                            say(&format!("PACT-CHECK {c}={}", check_value(c, &sup)));
+                        }
+                        if poweroff_after_ready {
+                            stop = Some(PowerAction::PowerOff);
+                        }
+                    }
+                }
+            }
+        }
+        sup.tick(Instant::now());
+        for e in sup.take_events() {
+            say(&format!("PACT: supervisor: {e}"));
+        }
+        if let Some(w) = watchdog.as_mut() {
+            w.pet_if_due(Instant::now());
+        }
+        if let Some(action) = stop {
+            say(&format!("PACT: shutting down ({action:?}): stopping services"));
+            sup.stop_all();
+            for (pid, exit) in init::reap_all() {
+                sup.child_exited(pid, exit_info(exit));
+            }
+            if !pid1 {
+                return Ok(());
+            }
+            if let Some(w) = watchdog.take() {
+                w.disarm();
+            }
+            say("PACT: syncing, unmounting, powering off");
+            return Err(init::power(action));
+        }
+    }
+}
+
+/// One `pact.test_check=` key, evaluated inside the node: `sysctl:KEY`, `file:PATH` (its
+/// first line), `mount:PATH` (the filesystem type mounted there), `service:NAME` (state),
+/// `cgroup:NAME:FILE` (a file of the service's cgroup scope).
+fn check_value(key: &str, sup: &Supervisor) -> String {
+    let (kind, arg) = key.split_once(':').unwrap_or((key, ""));
+    let first_line = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|t| t.lines().next().unwrap_or("").to_string())
+            .unwrap_or_else(|e| format!("<{e}>"))
+    };
+    match kind {
+        "sysctl" => first_line(&format!("/proc/sys/{}", arg.replace('.', "/"))),
+        "file" => first_line(arg),
+        "mount" => std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .filter(|l| l.split(' ').nth(4) == Some(arg))
+                    .next_back()
+                    .and_then(|l| l.split(" - ").nth(1).and_then(|rest| rest.split(' ').next()).map(str::to_string))
+            })
+            .unwrap_or_else(|| "<not mounted>".into()),
+        "service" => sup.status(arg).map(|s| state_name(&s.state)).unwrap_or_else(|| "<unknown>".into()),
+        "cgroup" => {
+            let (svc, file) = arg.split_once(':').unwrap_or((arg, ""));
+            match sup.status(svc).and_then(|s| s.cgroup) {
+                Some(dir) => first_line(&dir.join(file).display().to_string()),
+                None => "<no cgroup>".into(),
+            }
+        }
+        _ => "<unknown check>".into(),
+    }
+}
+
+fn exit_info(e: init::Exit) -> supervisor::ExitInfo {
+    match e {
+        init::Exit::Code(c) => supervisor::ExitInfo::Code(c),
+        init::Exit::Signal(s) => supervisor::ExitInfo::Signal(s),
+    }
+}
+
+fn state_name(s: &supervisor::ServiceState) -> String {
+    format!("{s:?}").to_lowercase()
+}
+
+/// Where cgroup v2 is mounted: /sys/fs/cgroup on a unified system (and on a node this agent
+/// booted), else the hybrid layout's /sys/fs/cgroup/unified.
+fn cgroup2_root() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let v2: Vec<&str> = info
+        .lines()
+        .filter(|l| l.split(" - ").nth(1).is_some_and(|r| r.starts_with("cgroup2 ")))
+        .filter_map(|l| l.split(' ').nth(4))
+        .collect();
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].iter().find(|p| v2.contains(p)).map(PathBuf::from)
 }
