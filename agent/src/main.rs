@@ -381,8 +381,7 @@ fn check_value(key: &str, sup: &Supervisor) -> String {
             .ok()
             .and_then(|t| {
                 t.lines()
-                    .filter(|l| l.split(' ').nth(4) == Some(arg))
-                    .next_back()
+                    .rfind(|l| l.split(' ').nth(4) == Some(arg))
                     .and_then(|l| l.split(" - ").nth(1).and_then(|rest| rest.split(' ').next()).map(str::to_string))
             })
             .unwrap_or_else(|| "<not mounted>".into()),
