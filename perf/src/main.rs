@@ -3,6 +3,7 @@
 //!
 //! Exit codes: 0 ok, 1 benchmark failed, 2 bad command line.
 
+mod agent;
 mod boot_payload;
 mod boot_storm;
 mod commit;
@@ -79,8 +80,16 @@ BENCHMARKS:
                       --journal PATH  --dir DIR (default ./perf/results)
                       --json FILE (default DIR/boot-storm.json)
              Exit code 1 when any boot failed (the results are written first).
+  agent      the agent's footprint: a release pact-agent boots from a --dev journal as a
+             service (not PID 1), supervises 5 `sleep` services, idles --idle S seconds; then
+             VmRSS, VmHWM and threads from /proc/<pid>/status, beside `sleep`'s (baseline, same
+             run, ratio); the binary's size unstripped and stripped (objcopy --strip-all); and
+             the agent's own boot phases (its PACT-BOOT lines). Needs root for cgroups.
+             Options: --agent PATH (default: target/agent/pact-agent, the size-optimised
+                        `cargo build --profile agent -p pact-agent`, else target/release's)
+                      --journal PATH  --idle S (default 5)  --dir DIR (default ./perf/results)
 
-Build with `cargo build --release -p pact-perf -p pact-journal` and run target/release/pact-perf.";
+Build with `cargo build --release -p pact-perf -p pact-journal -p pact-agent` and run target/release/pact-perf.";
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
@@ -91,6 +100,7 @@ fn main() -> ExitCode {
     let rest: Vec<_> = args.collect();
     let result = match bench.to_str() {
         Some("commit") => commit::run(rest),
+        Some("agent") => agent::run(rest),
         Some("boot-storm") => boot_storm::run(rest),
         Some("-h") | Some("--help") => {
             println!("{USAGE}");
