@@ -93,7 +93,8 @@ impl Default for AgentConfig {
             node_id_from: "",
             vcluster: String::new(),
             enforcement_mode: EnforcementMode::Observe,
-            backend: Backend::Pact,
+            // The systemd variant of the release defaults to the systemd backend.
+            backend: if cfg!(feature = "backend-systemd") { Backend::Systemd } else { Backend::Pact },
             journal: JournalSection {
                 endpoints: Vec::new(),
                 tls_cert: None,
