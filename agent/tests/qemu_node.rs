@@ -1,0 +1,559 @@
+//! The diskless-node test (DESIGN.md §9.5): the agent booted as PID 1 of a QEMU guest from a
+//! project-built image, streaming its configuration from a real `pact-journal --dev` on the host.
+//!
+//! 1. A journal on 127.0.0.1:<free port> holds, for vCluster `test` (recorded with the real
+//!    `pact apply` and `pact node assign`), an overlay that sets a sysctl, writes a file, mounts a
+//!    tmpfs and starts two services, `b` depending on `a`.
+//! 2. `images/node/build-image.sh` builds the node image around this build's agent (stripped):
+//!    the initramfs variant, and in a second test the SquashFS-root variant. The node reaches the
+//!    host's 127.0.0.1 as 10.0.2.2 (QEMU user networking), under the host's own hostname (the name
+//!    the journal's development certificate carries), through the image's /etc/hosts.
+//! 3. `images/node/run-qemu.sh` boots it (KVM only when the CPU offers it, else TCG) with
+//!    `pact.test_check=...` and `pact.test_poweroff_after_ready=1`. The test reads the serial
+//!    console and checks each effect from the agent's tagged lines (matched by tag, not by line
+//!    start: SeaBIOS writes escape sequences), most of all the `PACT-CHECK` lines the agent
+//!    evaluates inside the node once it is ready; then QEMU must exit by itself (clean poweroff).
+//!
+//! Without qemu-system-x86_64 or a kernel (images/node/fetch-kernel.sh needs apt and the package
+//! registry), the test prints "skipped: <reason>" and passes, except with CI=true, where a
+//! missing piece fails it (.ci/run installs them).
+//!
+//! The console protocol is in images/node/README.md. `PACT_NODE_AGENT=PATH` boots another agent
+//! binary (a release build, say; a relative path is the workspace root's). The console of a
+//! boot is kept in the test's temp dir with the host's time before each line, and its tail is
+//! printed when the test fails.
+
+use std::io::BufRead;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Per boot: QEMU is killed past this (run-qemu.sh's own limit), the test gives up a little later.
+const BOOT_TIMEOUT_S: u64 = 120;
+const NODE: &str = "node-001";
+const MOTD: &str = "pact diskless test node\n";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").map(|v| v == "true").unwrap_or(false)
+}
+
+/// Skips (prints why, passes) or, under CI=true, fails.
+fn unavailable(reason: &str) {
+    if in_ci() {
+        panic!("{reason} (CI=true: the QEMU node test must run; .ci/run installs what it needs)");
+    }
+    println!("skipped: {reason}");
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false)
+}
+
+/// A binary of this workspace's build, next to the test's own target dir.
+fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let p = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (`cargo build --workspace`; images/dev/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PACT_NODE_AGENT") {
+        // cargo runs tests in the package's directory: a relative path is the workspace's.
+        return repo_root().join(p);
+    }
+    match option_env!("CARGO_BIN_EXE_pact-agent") {
+        Some(p) => PathBuf::from(p),
+        None => workspace_bin("pact-agent"),
+    }
+}
+
+/// A loopback port nobody listens on, below the ephemeral range, distinct within this process.
+fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ =
+        NEXT.compare_exchange(0, 20_000 + (std::process::id() % 500) as u16 * 20, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(p < 32_000, "ran out of test ports");
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            return p;
+        }
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pact-qemu-{name}-{}-{}", std::process::id(), free_port()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs a command to completion; panics with its output when it fails.
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{what} failed ({}):\n{text}", out.status);
+    text
+}
+
+/// What the node needs from the host, or why the test cannot run here.
+struct Prereqs {
+    kernel: PathBuf,
+}
+
+fn prereqs() -> Result<Prereqs, String> {
+    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+        return Err("the node image is x86_64 Linux".into());
+    }
+    for tool in ["qemu-system-x86_64", "cpio", "bash", "timeout"] {
+        if !on_path(tool) {
+            return Err(format!(
+                "{tool} is not installed (apt-get install --no-install-recommends qemu-system-x86 cpio)"
+            ));
+        }
+    }
+    let out = Command::new(repo_root().join("images/node/fetch-kernel.sh"))
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("images/node/fetch-kernel.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "no node kernel (images/node/fetch-kernel.sh needs apt and the package registry): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let kernel = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").trim().to_string();
+    Ok(Prereqs { kernel: PathBuf::from(kernel) })
+}
+
+/// `pact-journal --dev` on free loopback ports, killed on drop.
+struct Journal {
+    dir: PathBuf,
+    port: u16,
+    child: Child,
+}
+
+impl Journal {
+    fn start(dir: &Path) -> Journal {
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("journal.log")).unwrap();
+        let child = Command::new(workspace_bin("pact-journal"))
+            .arg("--dev")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--metrics-listen")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--raft-listen")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .env_remove("PACT_JOURNAL_CONFIG")
+            .env_remove("PACT_OIDC_HMAC_SECRET")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start pact-journal");
+        let mut j = Journal { dir: dir.to_path_buf(), port, child };
+        j.wait_ready();
+        j
+    }
+
+    fn dev(&self, file: &str) -> PathBuf {
+        self.dir.join("data/dev").join(file)
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("pact-journal exited with {st}: {}", self.log());
+            }
+            let ready = (|| {
+                let token = std::fs::read_to_string(self.dev("admin.token")).ok()?;
+                let tls = pact_proto::tls::client_config(&self.dev("ca.crt")).ok()?;
+                let mut c = pact_proto::client::Client::connect(
+                    &format!("127.0.0.1:{}", self.port),
+                    tls,
+                    token.trim(),
+                    Duration::from_secs(5),
+                )
+                .ok()?;
+                let st: pact_proto::journal::JournalStatus =
+                    c.call(pact_proto::Method::JournalStatus, &pact_proto::journal::JournalStatusRequest {}).ok()?;
+                Some(st.leader_id != 0)
+            })();
+            if ready == Some(true) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "journal not ready in 30 s: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("journal.log")).unwrap_or_default()
+    }
+
+    /// The real CLI against this journal.
+    fn pact(&self, args: &[&str]) -> String {
+        let token = std::fs::read_to_string(self.dev("admin.token")).unwrap();
+        let mut cmd = Command::new(workspace_bin("pact"));
+        cmd.arg("--endpoint")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--ca-cert")
+            .arg(self.dev("ca.crt"))
+            .arg("--token")
+            .arg(token.trim())
+            .args(args)
+            .env("HOME", &self.dir)
+            .current_dir(&self.dir);
+        for v in ["PACT_ENDPOINT", "PACT_TOKEN", "PACT_TLS_CA", "PACT_VCLUSTER", "PACT_OUTPUT"] {
+            cmd.env_remove(v);
+        }
+        run(&mut cmd, &format!("pact {}", args.join(" ")))
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The overlay: one item of each kind the issue names. The services run /bin/sleep (copied into
+/// the image with `--extra`; the image has no userland of its own). The checks run the moment
+/// the node is ready, so nothing a service writes after its start could be checked reliably:
+/// the start order shows in the pids the agent reports.
+fn overlay_spec() -> String {
+    format!(
+        r#"[vcluster.test]
+supervisor_backend = "pact"
+
+[vcluster.test.sysctl]
+"vm.swappiness" = "13"
+
+[vcluster.test.files]
+"/etc/motd" = {{ content = {motd:?}, mode = "0644", owner = "root", group = "root" }}
+
+[vcluster.test.mounts]
+"/scratch" = {{ type = "tmpfs", source = "tmpfs", options = "size=16m,mode=1777" }}
+
+[vcluster.test.services.a]
+binary = "/bin/sleep"
+args = ["3600"]
+restart = "never"
+order = 1
+cgroup_memory_max = "64M"
+cgroup_pids_max = 32
+cgroup_cpu_weight = 50
+
+[vcluster.test.services.b]
+binary = "/bin/sleep"
+args = ["3601"]
+restart = "never"
+depends_on = ["a"]
+order = 2
+"#,
+        motd = MOTD,
+    )
+}
+
+/// The host's hostname: the journal's development certificate names it (journal/src/pki.rs).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
+}
+
+/// A journal holding the test overlay, and the image input dir pointing the node at it.
+fn journal_with_overlay(dir: &Path) -> (Journal, PathBuf) {
+    let host = host_name();
+    assert!(
+        !host.is_empty() && host != "localhost" && host.parse::<std::net::IpAddr>().is_err(),
+        "this test needs a host name other than localhost (the node reaches the journal under it); have {host:?}"
+    );
+    let journal = Journal::start(dir);
+    let spec = dir.join("overlay.toml");
+    std::fs::write(&spec, overlay_spec()).unwrap();
+    println!("{}", journal.pact(&["apply", spec.to_str().unwrap()]).trim());
+    println!("{}", journal.pact(&["node", "assign", NODE, "--vcluster", "test"]).trim());
+
+    let input = dir.join("input");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(
+        input.join("agent.toml"),
+        format!(
+            "[agent]\nenforcement_mode = \"enforce\"\n\n[agent.supervisor]\nbackend = \"pact\"\n\n\
+             [agent.journal]\nendpoints = [\"{host}:{}\"]\ntls_ca = \"/etc/pact/ca.crt\"\n",
+            journal.port
+        ),
+    )
+    .unwrap();
+    std::fs::copy(journal.dev("ca.crt"), input.join("ca.crt")).unwrap();
+    std::fs::copy(journal.dev("admin.token"), input.join("agent.token")).unwrap();
+    std::fs::write(input.join("hosts"), format!("10.0.2.2\t{host}\n")).unwrap();
+    (journal, input)
+}
+
+fn build_image(p: &Prereqs, input: &Path, out: &Path, squashfs: bool) {
+    let mut cmd = Command::new(repo_root().join("images/node/build-image.sh"));
+    cmd.arg("--agent").arg(agent_bin()).arg("--out").arg(out).arg("--input").arg(input).arg("--kernel").arg(&p.kernel);
+    cmd.args(["--extra", "/bin/sleep"]);
+    if squashfs {
+        cmd.arg("--squashfs");
+    }
+    let t = Instant::now();
+    let text = run(&mut cmd, "build-image.sh");
+    println!("{} [{:.1} s]", text.trim(), t.elapsed().as_secs_f64());
+}
+
+/// One boot: the console's lines (all of them, also written to `log` with the host's time of
+/// arrival), QEMU's exit status, and the wall time. Fails the test if QEMU does not exit by
+/// itself in time.
+fn boot(image: &Path, append: &str, log: &Path) -> (Vec<String>, Option<i32>, Duration) {
+    let t0 = Instant::now();
+    let mut child = Command::new(repo_root().join("images/node/run-qemu.sh"))
+        .arg("--image")
+        .arg(image)
+        .arg("--timeout")
+        .arg(BOOT_TIMEOUT_S.to_string())
+        .arg("--node-id")
+        .arg(NODE)
+        .arg("--append")
+        .arg(append)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run-qemu.sh");
+    let (tx, rx) = mpsc::channel::<String>();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut r = std::io::BufReader::new(stream);
+            let mut buf = Vec::new();
+            while r.read_until(b'\n', &mut buf).map(|n| n > 0).unwrap_or(false) {
+                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
+                if tx.send(line).is_err() {
+                    return;
+                }
+                buf.clear();
+            }
+        });
+    }
+    drop(tx);
+    let deadline = t0 + Duration::from_secs(BOOT_TIMEOUT_S + 15);
+    let mut lines = Vec::new();
+    let mut file = std::fs::File::create(log).unwrap();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => {
+                use std::io::Write;
+                // The log carries the host's clock (seconds since QEMU started) before each line.
+                let _ = writeln!(file, "{:8.3} {l}", t0.elapsed().as_secs_f64());
+                lines.push(l);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() > deadline => {
+                // run-qemu.sh exec'd `timeout`, which passes SIGTERM on to QEMU.
+                let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+                std::thread::sleep(Duration::from_secs(5));
+                let _ = child.kill();
+                let _ = child.wait();
+                let tail = &lines[lines.len().saturating_sub(150)..];
+                panic!(
+                    "QEMU still running {} s after start; console, last {} lines (all in {}):\n{}",
+                    BOOT_TIMEOUT_S + 15,
+                    tail.len(),
+                    log.display(),
+                    tail.join("\n")
+                );
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
+    let status = child.wait().unwrap();
+    (lines, status.code(), t0.elapsed())
+}
+
+/// The console's tagged lines: everything from the tag on (whatever the line had before it).
+fn tagged<'a>(lines: &'a [String], tag: &str) -> Vec<(usize, &'a str)> {
+    let tag = format!("{tag} ");
+    lines.iter().enumerate().filter_map(|(i, l)| l.find(&tag).map(|p| (i, l[p + tag.len()..].trim()))).collect()
+}
+
+/// Checks every effect from the console of a boot; panics with the console on any miss.
+fn check_node(lines: &[String], exit: Option<i32>, log: &Path) {
+    let fail = |why: String| -> ! {
+        let tail = &lines[lines.len().saturating_sub(150)..];
+        panic!("{why}\nconsole, last {} lines (all in {}):\n{}", tail.len(), log.display(), tail.join("\n"))
+    };
+
+    if lines.iter().any(|l| l.contains("Kernel panic")) {
+        fail("the kernel panicked (did PID 1 exit?)".into());
+    }
+    let ready = tagged(lines, "PACT-READY");
+    let Some(&(ready_at, ready_line)) = ready.first() else { fail("no PACT-READY line".into()) };
+    if ready_line.split_whitespace().next() != Some(&format!("node={NODE}")) {
+        fail(format!("PACT-READY says {ready_line:?}, expected node={NODE}"));
+    }
+
+    // Boot phases: each a name and its milliseconds; printed for the report.
+    let phases = tagged(lines, "PACT-BOOT");
+    if phases.is_empty() {
+        fail("no PACT-BOOT phase lines".into());
+    }
+    for (_, p) in &phases {
+        let ok = p.starts_with("phase=")
+            && p.split_whitespace().any(|f| f.strip_prefix("ms=").is_some_and(|n| n.parse::<u64>().is_ok()));
+        if !ok {
+            fail(format!("malformed PACT-BOOT line {p:?} (want phase=<name> ms=<n>)"));
+        }
+        println!("  PACT-BOOT {p}");
+    }
+
+    // Each declared item was applied (dimension and item as the agent's apply step names them).
+    let applied = tagged(lines, "PACT-APPLY");
+    for (dimension, item) in [("sysctl", "vm.swappiness"), ("files", "/etc/motd"), ("mounts", "/scratch")] {
+        let hit = applied.iter().find(|(_, l)| {
+            let mut f = l.split_whitespace();
+            f.next() == Some(dimension) && f.next() == Some(item)
+        });
+        match hit {
+            None => fail(format!("no PACT-APPLY {dimension} {item} line")),
+            Some((_, l)) => {
+                let outcome = l.split_whitespace().nth(2).unwrap_or("");
+                if !["applied", "unchanged"].contains(&outcome) {
+                    fail(format!("{item} was not applied: PACT-APPLY {l}"));
+                }
+            }
+        }
+    }
+    if let Some((_, l)) =
+        applied.iter().find(|(_, l)| l.split_whitespace().nth(2).is_some_and(|o| o.eq_ignore_ascii_case("failed")))
+    {
+        fail(format!("an item failed: PACT-APPLY {l}"));
+    }
+
+    // The node's own view, evaluated by the agent after ready.
+    let checks: Vec<(String, String)> = tagged(lines, "PACT-CHECK")
+        .into_iter()
+        .filter_map(|(_, l)| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let check = |key: &str| -> String {
+        checks
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| fail(format!("no PACT-CHECK {key}=")))
+    };
+    let swappiness = check("sysctl:vm.swappiness");
+    if swappiness != "13" {
+        fail(format!("vm.swappiness is {swappiness:?} in the node, expected 13"));
+    }
+    let motd = check("file:/etc/motd");
+    if motd != MOTD.trim_end() {
+        fail(format!("/etc/motd in the node starts {motd:?}, expected {MOTD:?}"));
+    }
+    let scratch = check("mount:/scratch");
+    if scratch != "tmpfs" {
+        fail(format!("/scratch in the node: {scratch:?}, expected a tmpfs"));
+    }
+    // The node's cgroup2 is clean (the agent mounted it), so the limits must really be there.
+    for (file, want) in [("memory.max", "67108864"), ("pids.max", "32"), ("cpu.weight", "50")] {
+        let v = check(&format!("cgroup:a:{file}"));
+        if v != want {
+            fail(format!("service a's {file} in the node is {v:?}, expected {want}"));
+        }
+    }
+    for s in ["a", "b"] {
+        let v = check(&format!("service:{s}"));
+        if v != "running" {
+            fail(format!("service {s} in the node: {v:?}, expected running"));
+        }
+    }
+    // Dependency order at start: a was started (forked) before b, so it has the lower pid
+    // (a fresh node's pids only grow). At shutdown, reverse order when the agent reports stops.
+    let services = tagged(lines, "PACT-SERVICE");
+    let pid_of = |name: &str| -> u32 {
+        services
+            .iter()
+            .filter(|(i, _)| *i <= ready_at)
+            .filter_map(|(_, l)| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.first() == Some(&name) && f.get(1) == Some(&"running"))
+                    .then(|| f.get(2)?.strip_prefix("pid=")?.parse().ok())?
+            })
+            .next_back()
+            .unwrap_or_else(|| fail(format!("no PACT-SERVICE {name} running pid=<n> line before ready")))
+    };
+    let (a_pid, b_pid) = (pid_of("a"), pid_of("b"));
+    if a_pid == 0 || b_pid == 0 || a_pid >= b_pid {
+        fail(format!("a (pid {a_pid}) was not started before b (pid {b_pid}), which depends on it"));
+    }
+    let stopped = |name: &str| {
+        services.iter().find_map(|(i, l)| {
+            let mut f = l.split_whitespace();
+            (*i > ready_at && f.next() == Some(name) && f.next().is_some_and(|st| st == "stopped" || st == "exited"))
+                .then_some(*i)
+        })
+    };
+    match (stopped("a"), stopped("b")) {
+        (Some(a), Some(b)) if a < b => {
+            fail("at poweroff a stopped before b (expected reverse dependency order)".into())
+        }
+        (Some(_), Some(_)) => println!("  services stopped in reverse order at poweroff"),
+        _ => println!("  note: the agent printed no PACT-SERVICE stop lines at poweroff (stop order not checked here)"),
+    }
+
+    // A clean poweroff: QEMU exits by itself, status 0 (a panic with -no-reboot exits too, but
+    // was caught above; the timeout gives 124).
+    if exit != Some(0) {
+        fail(format!("QEMU exit status {exit:?} (124: the node did not power off in {BOOT_TIMEOUT_S} s)"));
+    }
+}
+
+const APPEND: &str = "pact.test_poweroff_after_ready=1 \
+    pact.test_check=sysctl:vm.swappiness,file:/etc/motd,mount:/scratch,service:a,service:b,\
+cgroup:a:memory.max,cgroup:a:pids.max,cgroup:a:cpu.weight";
+
+fn node_test(name: &str, squashfs: bool) {
+    let p = match prereqs() {
+        Ok(p) => p,
+        Err(reason) => return unavailable(&reason),
+    };
+    let dir = temp_dir(name);
+    let (journal, input) = journal_with_overlay(&dir);
+    let image = dir.join("image");
+    build_image(&p, &input, &image, squashfs);
+    let log = dir.join("console.log");
+    let (lines, exit, took) = boot(&image, APPEND, &log);
+    println!("boot ({name}): QEMU exited {exit:?} after {:.1} s; console in {}", took.as_secs_f64(), log.display());
+    check_node(&lines, exit, &log);
+    drop(journal);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn node_boots_from_initramfs_and_applies_its_overlay() {
+    node_test("initramfs", false);
+}
+
+#[test]
+fn node_boots_with_squashfs_root_and_applies_its_overlay() {
+    node_test("squashfs", true);
+}
