@@ -365,7 +365,7 @@ fn run(
 }
 
 /// One `pact.test_check=` key, evaluated inside the node: `sysctl:KEY`, `file:PATH` (its
-/// first line), `mount:PATH` (the filesystem type mounted there), `service:NAME` (state),
+/// first line), `stat:PATH` (mode, uid, gid), `mount:PATH` (the filesystem type mounted there), `service:NAME` (state),
 /// `cgroup:NAME:FILE` (a file of the service's cgroup scope).
 fn check_value(key: &str, sup: &Supervisor) -> String {
     let (kind, arg) = key.split_once(':').unwrap_or((key, ""));
@@ -377,6 +377,12 @@ fn check_value(key: &str, sup: &Supervisor) -> String {
     match kind {
         "sysctl" => first_line(&format!("/proc/sys/{}", arg.replace('.', "/"))),
         "file" => first_line(arg),
+        "stat" => {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(arg)
+                .map(|m| format!("mode={:04o} uid={} gid={}", m.mode() & 0o7777, m.uid(), m.gid()))
+                .unwrap_or_else(|e| format!("<{e}>"))
+        }
         "mount" => std::fs::read_to_string("/proc/self/mountinfo")
             .ok()
             .and_then(|t| {

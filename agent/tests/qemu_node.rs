@@ -469,6 +469,10 @@ fn check_node(lines: &[String], exit: Option<i32>, log: &Path) {
     if motd != MOTD.trim_end() {
         fail(format!("/etc/motd in the node starts {motd:?}, expected {MOTD:?}"));
     }
+    let st = check("stat:/etc/motd");
+    if st != "mode=0644 uid=0 gid=0" {
+        fail(format!("/etc/motd's mode and owner in the node: {st:?}, expected mode=0644 uid=0 gid=0"));
+    }
     let scratch = check("mount:/scratch");
     if scratch != "tmpfs" {
         fail(format!("/scratch in the node: {scratch:?}, expected a tmpfs"));
@@ -529,7 +533,7 @@ fn check_node(lines: &[String], exit: Option<i32>, log: &Path) {
 
 const APPEND: &str = "pact.test_poweroff_after_ready=1 \
     pact.test_check=sysctl:vm.swappiness,file:/etc/motd,mount:/scratch,service:a,service:b,\
-cgroup:a:memory.max,cgroup:a:pids.max,cgroup:a:cpu.weight";
+cgroup:a:memory.max,cgroup:a:pids.max,cgroup:a:cpu.weight,stat:/etc/motd";
 
 fn node_test(name: &str, squashfs: bool) {
     let p = match prereqs() {
