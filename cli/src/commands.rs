@@ -39,6 +39,13 @@ COMMANDS:
   journal add-learner ID --raft-addr H:P --client-addr H:P
   journal promote ID          make a learner a voter
   journal remove ID           remove a voter or learner
+  service status NODE [SERVICE]
+                              a node's supervised services (asks its agent)
+  service start|stop|restart NODE SERVICE
+                              control one service on a node
+  reboot NODE [--reason TEXT] record a reboot in the journal, then ask the node's agent
+  poweroff NODE [--reason TEXT]
+                              record a power-off in the journal, then ask the node's agent
 
 GLOBAL OPTIONS:
   --endpoint HOST:PORT        journal address        [PACT_ENDPOINT]   (default localhost:9443)
@@ -47,12 +54,13 @@ GLOBAL OPTIONS:
   --vcluster NAME             default vCluster       [PACT_VCLUSTER]   (default \"default\")
   --output text|json          output format          [PACT_OUTPUT]
   --linearizable              reads wait for the Raft read index (as current as the leader)
+  --agent-endpoint HOST:PORT  service/reboot/poweroff: the agent's address (default NODE:9445)
   -h, --help                  help (also after any command)
   -V, --version               version
 
 Settings also come from ~/.config/pact/cli.toml and, next to a `pact-journal --dev`,
 from ./.pact-dev/dev/cli.toml. Exit codes: 0 ok, 1 error, 2 auth, 3 policy, 4 conflict,
-5 journal unreachable/timeout, 6 not whitelisted, 10 rollback blocked.";
+5 journal or agent unreachable/timeout, 6 not whitelisted, 10 rollback blocked.";
 
 const STATUS_HELP: &str = "\
 USAGE: pact status [NODE]
@@ -116,6 +124,8 @@ const VALUE_OPTS: &[(&str, Option<char>)] = &[
     ("client-addr", None),
     ("to-vcluster", None),
     ("count", None),
+    ("agent-endpoint", None),
+    ("reason", None),
 ];
 const FLAG_OPTS: &[&str] = &["oldest-first", "dry-run", "linearizable"];
 
@@ -229,6 +239,9 @@ pub fn run(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<
         "journal" => crate::journal_cmd::HELP,
         "node" => crate::node_cmd::HELP,
         "watch" => crate::watch_cmd::HELP,
+        "service" => crate::agent_cmd::SERVICE_HELP,
+        "reboot" => crate::agent_cmd::REBOOT_HELP,
+        "poweroff" => crate::agent_cmd::POWEROFF_HELP,
         "help" => return Ok(USAGE.into()),
         other => return Err(Failure::usage(format!("unknown command {other:?}\n\n{USAGE}"))),
     };
@@ -270,6 +283,17 @@ pub fn run(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<
             // watch prints as it goes; nothing is left to print at the end.
             crate::watch_cmd::run(&opts, &s).map(|()| String::new())
         }
+        "service" => {
+            p.only("service", &["agent-endpoint"], &[], 3)?;
+            let c = crate::agent_cmd::ServiceCommand::parse(&p.positionals, p.opt("agent-endpoint"))?;
+            crate::agent_cmd::service(&c, &s)
+        }
+        "reboot" | "poweroff" => {
+            p.only(&cmd, &["agent-endpoint", "reason"], &[], 1)?;
+            let c =
+                crate::agent_cmd::PowerCommand::parse(&cmd, &p.positionals, p.opt("reason"), p.opt("agent-endpoint"))?;
+            crate::agent_cmd::power(&c, &s)
+        }
         _ => apply(&p, &s),
     }
 }
@@ -281,15 +305,25 @@ fn connect_with(s: &Settings, linearizable: bool) -> Result<Client, Failure> {
 }
 
 pub fn connect(s: &Settings) -> Result<Client, Failure> {
-    let Some(token) = &s.token else {
-        return Err(Failure::new(
+    let token = token(s)?;
+    Ok(Client::connect(&s.endpoint, tls(s)?, token, s.timeout)?)
+}
+
+/// The bearer token every request carries (journal and agents alike), or the exit-2 failure
+/// that says how to give one.
+pub fn token(s: &Settings) -> Result<&str, Failure> {
+    s.token.as_deref().ok_or_else(|| {
+        Failure::new(
             EXIT_AUTH,
             "not authenticated: no token (pass --token, set PACT_TOKEN, put one in ~/.config/pact/token, or run next to a `pact-journal --dev`)",
-        ));
-    };
-    let tls = pact_proto::tls::client_config(&s.ca_cert)
-        .map_err(|e| Failure::usage(format!("{e} (pass --ca-cert or set PACT_TLS_CA)")))?;
-    Ok(Client::connect(&s.endpoint, tls, token, s.timeout)?)
+        )
+    })
+}
+
+/// TLS trusting the configured CA (the journal's and the agents' certificates come from it).
+pub fn tls(s: &Settings) -> Result<std::sync::Arc<rustls::ClientConfig>, Failure> {
+    pact_proto::tls::client_config(&s.ca_cert)
+        .map_err(|e| Failure::usage(format!("{e} (pass --ca-cert or set PACT_TLS_CA)")))
 }
 
 fn scope_vc(s: &Settings, node: Option<&str>) -> Scope {
@@ -374,11 +408,16 @@ fn log(p: &Parsed, s: &Settings) -> Result<String, Failure> {
     })
 }
 
-pub fn append(s: &Settings, entry: ConfigEntry) -> Result<String, Failure> {
+/// Records one entry; the journal's answer (its sequence and timestamp).
+pub fn append_entry(s: &Settings, entry: ConfigEntry) -> Result<AppendEntryResponse, Failure> {
     let mut c = connect(s)?;
+    Ok(c.call(Method::AppendEntry, &AppendEntryRequest { entry: Some(entry) })?)
+}
+
+pub fn append(s: &Settings, entry: ConfigEntry) -> Result<String, Failure> {
     let scope = output::scope_text(entry.scope.as_ref());
     let kind = output::entry_type_text(entry.entry_type);
-    let r: AppendEntryResponse = c.call(Method::AppendEntry, &AppendEntryRequest { entry: Some(entry) })?;
+    let r = append_entry(s, entry)?;
     let j = output::AppendedJson {
         sequence: r.sequence,
         timestamp: output::rfc3339(r.timestamp.as_ref()),
@@ -502,7 +541,9 @@ mod tests {
     fn help_and_version_need_no_journal() {
         let env = |_: &str| None;
         assert!(run(args(&["--version"]), &env).unwrap().starts_with("pact "));
-        for c in ["status", "log", "commit", "rollback", "apply", "node", "watch", "journal"] {
+        for c in [
+            "status", "log", "commit", "rollback", "apply", "node", "watch", "journal", "service", "reboot", "poweroff",
+        ] {
             assert!(run(args(&[c, "--help"]), &env).unwrap().contains("USAGE"));
         }
         assert_eq!(run(args(&["frobnicate"]), &env).unwrap_err().code, 1);
@@ -558,5 +599,68 @@ mod tests {
         assert!(USAGE.contains("node assign NODE --vcluster NAME") && USAGE.contains("watch ["));
         assert!(run(args(&["node", "--help"]), &isolated).unwrap().contains("pact node move NODE --to-vcluster NAME"));
         assert!(run(args(&["watch", "-h"]), &isolated).unwrap().contains("--count N"));
+    }
+
+    #[test]
+    fn service_reboot_and_poweroff_command_lines() {
+        // Help needs neither a journal nor an agent, and USAGE lists the commands.
+        for c in ["service", "reboot", "poweroff"] {
+            let h = run(args(&[c, "--help"]), &isolated).unwrap();
+            assert!(h.starts_with(&format!("USAGE: pact {c} ")), "{h}");
+        }
+        assert_eq!(run(args(&["service", "-h"]), &isolated).unwrap(), crate::agent_cmd::SERVICE_HELP);
+        assert_eq!(run(args(&["reboot", "n1", "--help"]), &isolated).unwrap(), crate::agent_cmd::REBOOT_HELP);
+        assert_eq!(run(args(&["poweroff", "--help"]), &isolated).unwrap(), crate::agent_cmd::POWEROFF_HELP);
+        for line in [
+            "service status NODE [SERVICE]",
+            "service start|stop|restart NODE SERVICE",
+            "reboot NODE [--reason TEXT]",
+            "poweroff NODE [--reason TEXT]",
+            "--agent-endpoint HOST:PORT",
+            "5 journal or agent unreachable/timeout",
+        ] {
+            assert!(USAGE.contains(line), "{line:?} missing from USAGE");
+        }
+
+        // The options reach the commands, before or after the positionals.
+        let p = parse(args(&["reboot", "--reason", "bios update", "n1", "--agent-endpoint", "10.0.0.1:9"])).unwrap();
+        assert_eq!((p.command.as_deref(), p.positionals.as_slice()), (Some("reboot"), &["n1".to_string()][..]));
+        assert_eq!((p.opt("reason"), p.opt("agent-endpoint")), (Some("bios update"), Some("10.0.0.1:9")));
+        let p = parse(args(&["service", "restart", "n1", "chronyd", "--agent-endpoint=h:1"])).unwrap();
+        assert_eq!(p.positionals, ["restart", "n1", "chronyd"]);
+        assert_eq!(p.opt("agent-endpoint"), Some("h:1"));
+
+        // Usage errors, all refused before anything connects (exit 1).
+        let m = refused(&["reboot", "n1", "--reason"]);
+        assert!(m.contains("--reason") && m.contains("missing argument"), "{m}");
+        let m = refused(&["service", "status", "n1", "--agent-endpoint"]);
+        assert!(m.contains("--agent-endpoint") && m.contains("missing argument"), "{m}");
+        assert_eq!(refused(&["reboot"]), "`pact reboot` needs NODE, the node's id");
+        assert_eq!(refused(&["poweroff", "--reason", "x"]), "`pact poweroff` needs NODE, the node's id");
+        assert_eq!(refused(&["reboot", "n1", "n2"]), "`pact reboot`: unexpected argument \"n2\"");
+        assert_eq!(refused(&["reboot", "n1", "--reason", " "]), "--reason is empty: say why, or leave --reason out");
+        assert_eq!(refused(&["service", "status"]), "`pact service status` needs NODE, the node's id");
+        assert!(refused(&["service"]).starts_with("`pact service` needs an action"));
+        assert!(refused(&["service", "kill", "n1", "x"]).starts_with("unknown service action \"kill\""));
+        assert_eq!(refused(&["service", "start", "n1"]), "`pact service start` needs SERVICE, the service's name");
+        assert_eq!(refused(&["service", "status", "n1", "a", "b"]), "`pact service`: unexpected argument \"b\"");
+        // Options of one command are refused by the others.
+        assert_eq!(
+            refused(&["service", "status", "n1", "--reason", "x"]),
+            "`pact service` takes no option --reason; see `pact service --help`"
+        );
+        assert_eq!(
+            refused(&["reboot", "n1", "--count", "1"]),
+            "`pact reboot` takes no option --count; see `pact reboot --help`"
+        );
+        assert_eq!(
+            refused(&["poweroff", "n1", "--linearizable"]),
+            "`pact poweroff` takes no option --linearizable; see `pact poweroff --help`"
+        );
+        assert_eq!(
+            refused(&["status", "--agent-endpoint", "h:1"]),
+            "`pact status` takes no option --agent-endpoint; see `pact status --help`"
+        );
+        assert_eq!(refused(&["log", "--reason", "x"]), "`pact log` takes no option --reason; see `pact log --help`");
     }
 }

@@ -1,4 +1,4 @@
-//! pact: the command line for the journal (and, later, the agents).
+//! pact: the command line for the journal and the nodes' agents.
 //!
 //! Exit codes (DESIGN.md §8, one table for this binary):
 //!
@@ -9,10 +9,11 @@
 //! | 2    | authentication or authorisation failure (no/bad/expired token)     |
 //! | 3    | policy rejection                                                   |
 //! | 4    | conflict (concurrent modification)                                 |
-//! | 5    | journal unreachable or timed out                                   |
+//! | 5    | journal or node agent unreachable, or timed out                    |
 //! | 6    | command not whitelisted                                            |
 //! | 10   | rollback blocked                                                   |
 
+mod agent_cmd;
 mod commands;
 mod journal_cmd;
 mod node_cmd;

@@ -160,6 +160,11 @@ pub fn is_valid_name(s: &str) -> bool {
     is_name(s, false)
 }
 
+/// Service names: the vCluster alphabet plus '.' and '@' (`getty@tty1`, `dbus.socket`).
+pub fn is_valid_service_name(s: &str) -> bool {
+    is_name(s, true)
+}
+
 /// `sha256:<hex>` of a file's content, as FileDelta and FileSpec carry it.
 pub fn content_hash(content: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, content.as_bytes());
