@@ -18,15 +18,24 @@ use pact_proto::stream::{config_chunk, ConfigChunk, ConfigComplete, NodeDelta, O
 use pact_proto::Method;
 use prost::Message as _;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::SyncSender;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
-/// What the journal thread tells the main loop.
+/// What the other threads (the journal thread, the API server's connections) tell the main loop.
 pub enum Msg {
-    /// A config was applied (at boot, or a live update): reconcile these services.
-    Applied { services: Vec<ServiceSpec>, first: bool, from: String, phases: Vec<(String, Duration)> },
+    /// A config was applied (at boot, or a live update): reconcile these services. `vcluster`
+    /// is the vCluster the journal served (its assignment wins over what the node asked for).
+    Applied { services: Vec<ServiceSpec>, vcluster: String, first: bool, from: String, phases: Vec<(String, Duration)> },
     /// A line for the console and log.
     Log(String),
+    /// The API asks for a service action (`crate::api`); the main loop answers on `reply`
+    /// (once the action has settled, see `api::Controls`). A dropped `reply` means the
+    /// caller gave up waiting.
+    Control { name: String, action: crate::api::Action, reply: SyncSender<crate::api::ControlReply> },
+    /// The API asks for a reboot or a power-off. The main loop shuts down as for the signal;
+    /// before the node goes down (or the agent exits, when not PID 1) it waits briefly on
+    /// `answered`, which the API connection closes once its answer is written.
+    Power { action: crate::init::PowerAction, reason: String, answered: Receiver<()> },
 }
 
 /// Wakes the main loop's poll after a send.
@@ -50,6 +59,14 @@ impl<W: Wake> Link<W> {
 
     fn log(&self, line: String) {
         self.send(Msg::Log(line));
+    }
+
+    /// Sends without waiting (for threads that must not block on a busy main loop, like the
+    /// API server's); wakes the main loop when the message was queued.
+    pub fn try_send(&self, m: Msg) -> Result<(), TrySendError<Msg>> {
+        self.tx.try_send(m)?;
+        self.waker.wake();
+        Ok(())
     }
 }
 
@@ -217,6 +234,7 @@ pub fn run<W: Wake>(cfg: AgentConfig, hostname: String, target: apply::Target, l
     report(&link, &results);
     link.send(Msg::Applied {
         services: merged.services.clone(),
+        vcluster: current.vcluster.clone(),
         first: true,
         from: current.endpoint.clone(),
         phases: vec![("stream".into(), streamed), ("apply".into(), applied)],
@@ -237,6 +255,7 @@ pub fn run<W: Wake>(cfg: AgentConfig, hostname: String, target: apply::Target, l
             report(&link, &results);
             link.send(Msg::Applied {
                 services: merged.services.clone(),
+                vcluster: current.vcluster.clone(),
                 first: false,
                 from: why.to_string(),
                 phases: vec![],

@@ -4,9 +4,9 @@
 //!
 //! Every section and key of the deployment guide's agent.toml is read and checked (unknown
 //! keys are refused with a suggestion, wrong types name the file, line and key). Keys whose
-//! feature arrives with a later issue (observers, the shell server, commit windows, identity
-//! providers) are parsed and validated now and listed by `not_yet_active`, so an admin sees
-//! that they are configured but not yet in effect instead of wondering.
+//! feature arrives with a later issue (observers, exec's whitelist, JWKS, commit windows,
+//! identity providers) are parsed and validated now and listed by `not_yet_active`, so an admin
+//! sees that they are configured but not yet in effect instead of wondering.
 
 use pact_proto::tomlcfg::{ConfigError, Section, TomlFile};
 use std::net::SocketAddr;
@@ -19,6 +19,8 @@ pub const DEFAULT_CA: &str = "/etc/pact/ca.crt";
 /// bearer token to the journal, read from here (or `PACT_AGENT_TOKEN`).
 pub const DEFAULT_TOKEN_PATH: &str = "/etc/pact/agent.token";
 pub const DEFAULT_CACHE_DIR: &str = "/var/lib/pact/cache";
+/// Shortest `[agent.shell.auth] hmac_secret` accepted (as the journal's).
+pub const MIN_HMAC_SECRET: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EnforcementMode {
@@ -338,18 +340,33 @@ fn read_file(
         if let Some(m) = s.one_of("whitelist_mode", &["strict", "learning", "bypass"])? {
             cfg.whitelist_mode = m.to_string();
         }
+        if s.get("whitelist_mode").is_some() {
+            cfg.not_yet_active.push("agent.shell.whitelist_mode (exec arrives with the exec/shell issue)".into());
+        }
         if let Some(au) = s.section("auth")? {
             au.check_keys(&["issuer", "audience", "jwks_url", "hmac_secret"])?;
             let issuer = non_empty(&au, "issuer")?.ok_or_else(|| au.missing("issuer"))?;
             let audience = non_empty(&au, "audience")?.ok_or_else(|| au.missing("audience"))?;
-            cfg.shell_auth = Some(ShellAuth {
-                issuer,
-                audience,
-                jwks_url: non_empty(&au, "jwks_url")?,
-                hmac_secret: non_empty(&au, "hmac_secret")?,
-            });
+            let hmac_secret = non_empty(&au, "hmac_secret")?;
+            if let Some(h) = &hmac_secret {
+                if h.len() < MIN_HMAC_SECRET {
+                    let msg = format!("the HMAC secret must be at least {MIN_HMAC_SECRET} bytes, found {}", h.len());
+                    return Err(au
+                        .get("hmac_secret")
+                        .map(|f| f.error(msg))
+                        .unwrap_or_else(|| au.missing("hmac_secret")));
+                }
+            }
+            let jwks_url = non_empty(&au, "jwks_url")?;
+            if jwks_url.is_some() {
+                cfg.not_yet_active.push(if hmac_secret.is_some() {
+                    "agent.shell.auth.jwks_url (JWKS verification, security-plane issue; hmac_secret verifies tokens meanwhile)".into()
+                } else {
+                    "agent.shell.auth.jwks_url (JWKS verification, security-plane issue): the API refuses every request until then".into()
+                });
+            }
+            cfg.shell_auth = Some(ShellAuth { issuer, audience, jwks_url, hmac_secret });
         }
-        cfg.not_yet_active.push("agent.shell.* (exec/shell server on 9445)".into());
     }
     if let Some(c) = a.section("commit_window")? {
         c.check_keys(&["base_window_seconds", "drift_sensitivity", "emergency_window_seconds"])?;
@@ -485,6 +502,10 @@ jwks_url = "https://your-idp/realm/protocol/openid-connect/certs"
         assert_eq!(c.identity_provider, "spire");
         assert_eq!((c.node_id.as_str(), c.node_id_from), ("host-7", "hostname"));
         assert!(c.not_yet_active.iter().any(|k| k.contains("observer")));
+        // The API server is active; exec's whitelist and JWKS are not yet.
+        assert!(!c.not_yet_active.iter().any(|k| k.contains("9445")));
+        assert!(c.not_yet_active.iter().any(|k| k.starts_with("agent.shell.whitelist_mode")));
+        assert!(c.not_yet_active.iter().any(|k| k.starts_with("agent.shell.auth.jwks_url") && k.contains("refuses")));
     }
 
     #[test]
@@ -520,6 +541,9 @@ jwks_url = "https://your-idp/realm/protocol/openid-connect/certs"
         assert!(e.contains("TLS only"), "{e}");
         let e = resolve(&Flags::default(), &src(&none, ""), Some(("a.toml", "[agent]\n"))).unwrap_err().to_string();
         assert!(e.contains("no journal endpoints"), "{e}");
+        let short = "[agent.journal]\nendpoints = [\"j:9443\"]\n[agent.shell.auth]\nissuer = \"i\"\naudience = \"a\"\nhmac_secret = \"short\"\n";
+        let e = resolve(&Flags::default(), &src(&none, ""), Some(("a.toml", short))).unwrap_err().to_string();
+        assert!(e.contains("a.toml:6") && e.contains("at least 32 bytes"), "{e}");
         let e = parse_env_file("agent.env", "A=1\nnot a line\n").unwrap_err();
         assert!(e.contains("agent.env:2"), "{e}");
         // Endpoints from the kernel command line (PXE-booted nodes without a baked config).

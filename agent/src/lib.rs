@@ -1,5 +1,7 @@
 //! pact-agent's library: what the agent binary is built from.
 //!
+//! - `api`: the API server on 9445 (service control, power requests) and the main loop's
+//!   half of it.
 //! - `journal_client`: boot stream and live subscription against the journals.
 //! - `boot`: the boot sequence's journal half (stream, verify, cache, apply) and live updates.
 //! - `apply`: hostname, sysctl, kernel modules, mounts and files from a declared spec.
@@ -12,6 +14,7 @@
 //! - `init`: PID 1 duties (pseudo filesystems, console, reaping, watchdog, shutdown).
 //! - `sys`: the signalfd.
 
+pub mod api;
 pub mod apply;
 pub mod boot;
 pub mod capability;

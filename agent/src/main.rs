@@ -5,17 +5,23 @@
 //! subreaper.
 //!
 //! One main loop (this thread): signals through a signalfd, reaping, the supervisor's
-//! timers, the watchdog, and what the journal thread sends. It never exits when PID 1: a
-//! fatal error is logged and the loop keeps reaping until an admin reboots the node.
+//! timers, the watchdog, and what the journal thread and the API server (`api.rs`, port 9445)
+//! send. It never exits when PID 1: a fatal error is logged and the loop keeps reaping until
+//! an admin reboots the node.
+//!
+//! Shutdown: SIGTERM/SIGPWR or an API power-off request power the node off, SIGINT or an API
+//! reboot request reboot it, after the services are stopped in reverse order. As an ordinary
+//! service (not PID 1) any of these stops the services and exits 0.
 //!
 //! Console protocol (one line each, tagged so a serial log can be searched):
 //! `PACT-BOOT phase=<name> ms=<n>`, `PACT-APPLY <dimension> <item> <outcome>`,
 //! `PACT-SERVICE <name> <state> pid=<n>`, `PACT-READY node=<id>`, and, for each key in
 //! `pact.test_check=` on the kernel command line, `PACT-CHECK <key>=<value>` once ready.
 //!
-//! Exit codes (not PID 1): 0 stopped by SIGTERM/SIGINT, 1 runtime failure, 2 bad command
-//! line, 3 bad configuration.
+//! Exit codes (not PID 1): 0 stopped by SIGTERM/SIGINT or an API power request, 1 runtime
+//! failure, 2 bad command line, 3 bad configuration.
 
+use pact_agent::api;
 use pact_agent::boot::{self, Msg, Wake};
 use pact_agent::config::{self, AgentConfig, Flags, Sources};
 use pact_agent::init::{self, PowerAction};
@@ -235,6 +241,7 @@ fn run(
     if let Some(root) = cgroup2_root() {
         sup_cfg.cgroup_root = root;
     }
+    let stop_grace = sup_cfg.stop_grace;
     let mut sup = Supervisor::new(sup_cfg).map_err(|e| format!("supervisor: {e}"))?;
     for n in sup.notes() {
         say(&format!("PACT: supervisor: {n}"));
@@ -258,6 +265,10 @@ fn run(
         .unwrap_or_else(|| cfg.node_id.clone());
     let node_id = cfg.node_id.clone();
     let manifest = cfg.capability_manifest.clone();
+    let api_shared = api::Shared::new();
+    start_api(&cfg, &api_shared, boot::Link { tx: tx.clone(), waker: EventWaker(wake_fd.clone()) });
+    let mut controls = api::Controls::new(sup.backend(), stop_grace);
+    let mut power_answered: Option<std::sync::mpsc::Receiver<()>> = None;
     let link = boot::Link { tx, waker: EventWaker(wake_fd.clone()) };
     let target = apply::Target::system(apply::DEFAULT_NFS_TIMEOUT);
     std::thread::Builder::new()
@@ -278,6 +289,9 @@ fn run(
         let mut deadline = sup.next_deadline().unwrap_or(now + Duration::from_secs(60));
         if let Some(w) = &watchdog {
             deadline = deadline.min(w.next_due());
+        }
+        if let Some(d) = controls.next_deadline() {
+            deadline = deadline.min(d);
         }
         let timeout = deadline.saturating_duration_since(now).min(Duration::from_secs(60));
         let ts =
@@ -301,7 +315,16 @@ fn run(
         while let Ok(m) = rx.try_recv() {
             match m {
                 Msg::Log(l) => say(&l),
-                Msg::Applied { services, first, from, phases: p } => {
+                Msg::Control { name, action, reply } => {
+                    controls.request(&mut sup, name, action, reply, Instant::now());
+                }
+                Msg::Power { action, reason, answered } => {
+                    say(&format!("PACT: power request ({action:?}) through the API: {reason:?}"));
+                    stop = Some(action);
+                    power_answered = Some(answered);
+                }
+                Msg::Applied { services, vcluster, first, from, phases: p } => {
+                    api_shared.set_vcluster(&vcluster);
                     let t = Instant::now();
                     for c in sup.reconcile(&services) {
                         say(&format!("PACT: service change: {c}"));
@@ -340,6 +363,7 @@ fn run(
             }
         }
         sup.tick(Instant::now());
+        controls.poll(&sup, Instant::now());
         for e in sup.take_events() {
             say(&format!("PACT: supervisor: {e}"));
         }
@@ -347,12 +371,24 @@ fn run(
             w.pet_if_due(Instant::now());
         }
         if let Some(action) = stop {
+            // New API requests are refused from now on; those waiting for an answer get
+            // Unavailable (their reply channels close with `controls`).
+            api_shared.set_shutting_down();
+            drop(controls);
             say(&format!("PACT: shutting down ({action:?}): stopping services"));
             sup.stop_all();
             for (pid, exit) in init::reap_all() {
                 sup.child_exited(pid, exit_info(exit));
             }
+            for e in sup.take_events() {
+                say(&format!("PACT: supervisor: {e}"));
+            }
+            // An API power request: its answer goes out before the node (or the agent) ends.
+            if let Some(answered) = power_answered.take() {
+                let _ = answered.recv_timeout(Duration::from_secs(5));
+            }
             if !pid1 {
+                say(&format!("PACT: not PID 1: services stopped, exiting instead of {action:?}"));
                 return Ok(());
             }
             if let Some(w) = watchdog.take() {
@@ -391,7 +427,7 @@ fn check_value(key: &str, sup: &Supervisor) -> String {
                     .and_then(|l| l.split(" - ").nth(1).and_then(|rest| rest.split(' ').next()).map(str::to_string))
             })
             .unwrap_or_else(|| "<not mounted>".into()),
-        "service" => sup.status(arg).map(|s| state_name(&s.state)).unwrap_or_else(|| "<unknown>".into()),
+        "service" => sup.status(arg).map(|s| state_name(&s.state).to_string()).unwrap_or_else(|| "<unknown>".into()),
         "cgroup" => {
             let (svc, file) = arg.split_once(':').unwrap_or((arg, ""));
             match sup.status(svc).and_then(|s| s.cgroup) {
@@ -410,8 +446,37 @@ fn exit_info(e: init::Exit) -> supervisor::ExitInfo {
     }
 }
 
-fn state_name(s: &supervisor::ServiceState) -> String {
-    format!("{s:?}").to_lowercase()
+fn state_name(s: &supervisor::ServiceState) -> &'static str {
+    s.as_str()
+}
+
+/// Starts the API server on `[agent.shell] listen`, or says on the console why it does not run.
+fn start_api(cfg: &AgentConfig, shared: &Arc<api::Shared>, link: boot::Link<EventWaker>) {
+    if !cfg.shell_enabled {
+        say("PACT: api: not started: [agent.shell] enabled = false");
+        return;
+    }
+    let tls = match api::tls_config(cfg) {
+        Ok(t) => t,
+        Err(why) => {
+            say(&format!("PACT: api: not started on {}: {why}", cfg.shell_listen));
+            return;
+        }
+    };
+    let auth = api::Auth::from_config(cfg.shell_auth.as_ref());
+    let described = auth.describe();
+    let server = api::Server {
+        tls,
+        auth,
+        shared: shared.clone(),
+        link,
+        limits: api::Limits::default(),
+        log: Arc::new(|l: &str| say(l)),
+    };
+    match server.spawn(cfg.shell_listen) {
+        Ok(addr) => say(&format!("PACT: api: listening on {addr} (TLS; {described})")),
+        Err(e) => say(&format!("PACT: api: not started: cannot listen on {}: {e}", cfg.shell_listen)),
+    }
 }
 
 /// Where cgroup v2 is mounted: /sys/fs/cgroup on a unified system (and on a node this agent

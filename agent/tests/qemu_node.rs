@@ -9,10 +9,17 @@
 //!    host's 127.0.0.1 as 10.0.2.2 (QEMU user networking), under the host's own hostname (the name
 //!    the journal's development certificate carries), through the image's /etc/hosts.
 //! 3. `images/node/run-qemu.sh` boots it (KVM only when the CPU offers it, else TCG) with
-//!    `pact.test_check=...` and `pact.test_poweroff_after_ready=1`. The test reads the serial
-//!    console and checks each effect from the agent's tagged lines (matched by tag, not by line
-//!    start: SeaBIOS writes escape sequences), most of all the `PACT-CHECK` lines the agent
-//!    evaluates inside the node once it is ready; then QEMU must exit by itself (clean poweroff).
+//!    `pact.test_check=...` and a host port forwarded to the node's API server (9445). The node
+//!    carries a certificate for `node-001` signed by a CA the test makes, and an
+//!    `[agent.shell.auth]` with an HMAC secret the test mints a `pact-ops-test` token from. The
+//!    test reads the serial console and checks each effect from the agent's tagged lines (matched
+//!    by tag, not by line start: SeaBIOS writes escape sequences), most of all the `PACT-CHECK`
+//!    lines the agent evaluates inside the node once it is ready.
+//! 4. At `PACT-READY` the test asks the node's API from the host over real TLS: `ServiceControl`
+//!    status (a and b running, with the pids the console reported), then `Power` poweroff (exit
+//!    code 0 once scheduled). QEMU must then exit by itself, status 0 (a clean power-off, the
+//!    services stopped b before a). The kernel parameter `pact.test_poweroff_after_ready=1`
+//!    still powers a node off by itself, for manual runs; the test uses the API.
 //!
 //! Without qemu-system-x86_64 or a kernel (images/node/fetch-kernel.sh needs apt and the package
 //! registry), the test prints "skipped: <reason>" and passes, except with CI=true, where a
@@ -23,6 +30,10 @@
 //! boot is kept in the test's temp dir with the host's time before each line, and its tail is
 //! printed when the test fails.
 
+use pact_proto::auth::HmacVerifier;
+use pact_proto::client::Client;
+use pact_proto::shell::{exec_output, ExecOutput, PowerRequest, ServiceControlRequest, ServiceControlResponse};
+use pact_proto::Method;
 use std::io::BufRead;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -34,6 +45,12 @@ use std::time::{Duration, Instant};
 const BOOT_TIMEOUT_S: u64 = 120;
 const NODE: &str = "node-001";
 const MOTD: &str = "pact diskless test node\n";
+/// The node's `[agent.shell.auth]`: the test mints its tokens from these.
+const API_SECRET: &str = "qemu-node-api-secret-qemu-node-api-secret";
+const API_ISSUER: &str = "https://idp.test/qemu";
+const API_AUDIENCE: &str = "pact-cli";
+/// The role the test calls the node's API with: ops of the node's vCluster.
+const API_ROLE: &str = "pact-ops-test";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -276,8 +293,35 @@ fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
 }
 
-/// A journal holding the test overlay, and the image input dir pointing the node at it.
-fn journal_with_overlay(dir: &Path) -> (Journal, PathBuf) {
+/// How the test reaches the node's API server: a CA it made (the node's certificate is signed by
+/// it) and the host port forwarded to the node's 9445 (chosen at each boot).
+struct Api {
+    ca: PathBuf,
+}
+
+/// A CA (`dir/api-ca.crt`, trusted by the test only) and the node's certificate for `node-001`
+/// signed by it (`input/agent.crt`, `input/agent.key`, which go into the image).
+fn node_certificate(dir: &Path, input: &Path) -> Api {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "pact QEMU test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec![NODE.to_string()]).unwrap();
+    leaf.distinguished_name.push(DnType::CommonName, NODE);
+    let cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    std::fs::write(input.join("agent.crt"), cert.pem()).unwrap();
+    std::fs::write(input.join("agent.key"), key.serialize_pem()).unwrap();
+    let ca = dir.join("api-ca.crt");
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    Api { ca }
+}
+
+/// A journal holding the test overlay, the image input dir pointing the node at it, and how to
+/// reach the node's API.
+fn journal_with_overlay(dir: &Path) -> (Journal, PathBuf, Api) {
     let host = host_name();
     assert!(
         !host.is_empty() && host != "localhost" && host.parse::<std::net::IpAddr>().is_err(),
@@ -295,15 +339,54 @@ fn journal_with_overlay(dir: &Path) -> (Journal, PathBuf) {
         input.join("agent.toml"),
         format!(
             "[agent]\nenforcement_mode = \"enforce\"\n\n[agent.supervisor]\nbackend = \"pact\"\n\n\
-             [agent.journal]\nendpoints = [\"{host}:{}\"]\ntls_ca = \"/etc/pact/ca.crt\"\n",
+             [agent.journal]\nendpoints = [\"{host}:{}\"]\ntls_ca = \"/etc/pact/ca.crt\"\n\
+             tls_cert = \"/etc/pact/agent.crt\"\ntls_key = \"/etc/pact/agent.key\"\n\n\
+             [agent.shell]\nlisten = \"0.0.0.0:9445\"\n\n\
+             [agent.shell.auth]\nissuer = \"{API_ISSUER}\"\naudience = \"{API_AUDIENCE}\"\nhmac_secret = \"{API_SECRET}\"\n",
             journal.port
         ),
     )
     .unwrap();
+    let api = node_certificate(dir, &input);
     std::fs::copy(journal.dev("ca.crt"), input.join("ca.crt")).unwrap();
     std::fs::copy(journal.dev("admin.token"), input.join("agent.token")).unwrap();
     std::fs::write(input.join("hosts"), format!("10.0.2.2\t{host}\n")).unwrap();
-    (journal, input)
+    (journal, input, api)
+}
+
+/// The node's API from the host: TCP to the forwarded port, TLS checked against the test's CA
+/// under the node's name, the pact handshake. Retried while the node's server is not up yet.
+fn api_client(api: &Api, port: u16) -> Result<Client, String> {
+    let tls = pact_proto::tls::client_config(&api.ca).map_err(|e| e.to_string())?;
+    let token = HmacVerifier::new(API_SECRET.as_bytes(), API_ISSUER, API_AUDIENCE).mint("qemu-test", API_ROLE, 600)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = Duration::from_secs(10);
+        let r = pact_proto::client::connect_tcp(&format!("127.0.0.1:{port}"), t)
+            .and_then(|tcp| pact_proto::client::tls_over(tcp, &format!("{NODE}:9445"), tls.clone(), t))
+            .and_then(|s| Client::over(s, NODE, &token));
+        match r {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => return Err(format!("the node's API on 127.0.0.1:{port}: {e}")),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Once the node is ready: the status of every service, then a clean power-off, both through
+/// the node's API. Returns the status.
+fn status_then_poweroff(api: &Api, port: u16) -> Result<ServiceControlResponse, String> {
+    let mut c = api_client(api, port)?;
+    let status: ServiceControlResponse = c
+        .call(Method::ServiceControl, &ServiceControlRequest { name: String::new(), action: "status".into() })
+        .map_err(|e| format!("ServiceControl status through the API: {e}"))?;
+    let out: ExecOutput = c
+        .call(Method::Power, &PowerRequest { action: "poweroff".into(), reason: "qemu_node test".into() })
+        .map_err(|e| format!("Power poweroff through the API: {e}"))?;
+    if out.output != Some(exec_output::Output::ExitCode(0)) {
+        return Err(format!("Power poweroff answered {out:?}, expected exit code 0"));
+    }
+    Ok(status)
 }
 
 fn build_image(p: &Prereqs, input: &Path, out: &Path, squashfs: bool) {
@@ -318,11 +401,30 @@ fn build_image(p: &Prereqs, input: &Path, out: &Path, squashfs: bool) {
     println!("{} [{:.1} s]", text.trim(), t.elapsed().as_secs_f64());
 }
 
+/// What one boot gave: the console's lines, QEMU's exit status, the wall time, and the status
+/// the node's API reported at ready.
+struct Boot {
+    lines: Vec<String>,
+    exit: Option<i32>,
+    took: Duration,
+    api_status: ServiceControlResponse,
+}
+
+/// Ends QEMU (run-qemu.sh exec'd `timeout`, which passes SIGTERM on to QEMU).
+fn kill_qemu(child: &mut Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    std::thread::sleep(Duration::from_secs(5));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// One boot: the console's lines (all of them, also written to `log` with the host's time of
-/// arrival), QEMU's exit status, and the wall time. Fails the test if QEMU does not exit by
-/// itself in time.
-fn boot(image: &Path, append: &str, log: &Path) -> (Vec<String>, Option<i32>, Duration) {
+/// arrival); at `PACT-READY`, the API's status and power-off request (`status_then_poweroff`,
+/// on a thread of its own while the console keeps being read). Fails the test if the API calls
+/// fail or QEMU does not exit by itself in time.
+fn boot(image: &Path, append: &str, log: &Path, api: &Api) -> Boot {
     let t0 = Instant::now();
+    let api_port = free_port();
     let mut child = Command::new(repo_root().join("images/node/run-qemu.sh"))
         .arg("--image")
         .arg(image)
@@ -332,6 +434,8 @@ fn boot(image: &Path, append: &str, log: &Path) -> (Vec<String>, Option<i32>, Du
         .arg(NODE)
         .arg("--append")
         .arg(append)
+        .arg("--hostfwd")
+        .arg(format!("tcp:127.0.0.1:{api_port}-10.0.2.15:9445"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -359,21 +463,41 @@ fn boot(image: &Path, append: &str, log: &Path) -> (Vec<String>, Option<i32>, Du
     let deadline = t0 + Duration::from_secs(BOOT_TIMEOUT_S + 15);
     let mut lines = Vec::new();
     let mut file = std::fs::File::create(log).unwrap();
+    let mut api_call: Option<mpsc::Receiver<Result<ServiceControlResponse, String>>> = None;
+    let mut api_status = None;
+    let console_tail = |lines: &[String]| {
+        let tail = &lines[lines.len().saturating_sub(150)..];
+        format!("console, last {} lines (all in {}):\n{}", tail.len(), log.display(), tail.join("\n"))
+    };
     loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(l) => {
-                use std::io::Write;
-                // The log carries the host's clock (seconds since QEMU started) before each line.
-                let _ = writeln!(file, "{:8.3} {l}", t0.elapsed().as_secs_f64());
-                lines.push(l);
+        let got = rx.recv_timeout(Duration::from_millis(200));
+        if let Ok(l) = &got {
+            use std::io::Write;
+            // The log carries the host's clock (seconds since QEMU started) before each line.
+            let _ = writeln!(file, "{:8.3} {l}", t0.elapsed().as_secs_f64());
+            if api_call.is_none() && l.contains("PACT-READY ") {
+                let (tx, rx) = mpsc::channel();
+                let (ca, port) = (Api { ca: api.ca.clone() }, api_port);
+                std::thread::spawn(move || {
+                    let _ = tx.send(status_then_poweroff(&ca, port));
+                });
+                api_call = Some(rx);
             }
+        }
+        if let Some(Ok(r)) = api_call.as_ref().map(|c| c.try_recv()) {
+            match r {
+                Ok(st) => api_status = Some(st),
+                Err(why) => {
+                    kill_qemu(&mut child);
+                    panic!("{why}\n{}", console_tail(&lines));
+                }
+            }
+        }
+        match got {
+            Ok(l) => lines.push(l),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() > deadline => {
-                // run-qemu.sh exec'd `timeout`, which passes SIGTERM on to QEMU.
-                let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-                std::thread::sleep(Duration::from_secs(5));
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_qemu(&mut child);
                 let tail = &lines[lines.len().saturating_sub(150)..];
                 panic!(
                     "QEMU still running {} s after start; console, last {} lines (all in {}):\n{}",
@@ -387,7 +511,17 @@ fn boot(image: &Path, append: &str, log: &Path) -> (Vec<String>, Option<i32>, Du
         }
     }
     let status = child.wait().unwrap();
-    (lines, status.code(), t0.elapsed())
+    let took = t0.elapsed();
+    let api_status = match (api_status, api_call) {
+        (Some(st), _) => st,
+        (None, Some(c)) => match c.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(st)) => st,
+            Ok(Err(why)) => panic!("{why}\n{}", console_tail(&lines)),
+            Err(_) => panic!("the API calls did not finish after QEMU exited\n{}", console_tail(&lines)),
+        },
+        (None, None) => panic!("QEMU exited ({status}) before the node was ready\n{}", console_tail(&lines)),
+    };
+    Boot { lines, exit: status.code(), took, api_status }
 }
 
 /// The console's tagged lines: everything from the tag on (whatever the line had before it).
@@ -396,8 +530,10 @@ fn tagged<'a>(lines: &'a [String], tag: &str) -> Vec<(usize, &'a str)> {
     lines.iter().enumerate().filter_map(|(i, l)| l.find(&tag).map(|p| (i, l[p + tag.len()..].trim()))).collect()
 }
 
-/// Checks every effect from the console of a boot; panics with the console on any miss.
-fn check_node(lines: &[String], exit: Option<i32>, log: &Path) {
+/// Checks every effect from the console of a boot and the API's answers; panics with the
+/// console on any miss.
+fn check_node(boot: &Boot, log: &Path) {
+    let (lines, exit) = (&boot.lines[..], boot.exit);
     let fail = |why: String| -> ! {
         let tail = &lines[lines.len().saturating_sub(150)..];
         panic!("{why}\nconsole, last {} lines (all in {}):\n{}", tail.len(), log.display(), tail.join("\n"))
@@ -509,19 +645,39 @@ fn check_node(lines: &[String], exit: Option<i32>, log: &Path) {
     if a_pid == 0 || b_pid == 0 || a_pid >= b_pid {
         fail(format!("a (pid {a_pid}) was not started before b (pid {b_pid}), which depends on it"));
     }
-    let stopped = |name: &str| {
-        services.iter().find_map(|(i, l)| {
-            let mut f = l.split_whitespace();
-            (*i > ready_at && f.next() == Some(name) && f.next().is_some_and(|st| st == "stopped" || st == "exited"))
-                .then_some(*i)
-        })
+
+    // The node's API, asked from the host at ready: both services running, with the pids the
+    // console reported.
+    let api: Vec<(&str, &str, u32)> =
+        boot.api_status.services.iter().map(|s| (s.name.as_str(), s.state.as_str(), s.pid)).collect();
+    if api != [("a", "running", a_pid), ("b", "running", b_pid)] {
+        fail(format!("the API's status: {api:?}, expected a (pid {a_pid}) and b (pid {b_pid}) running"));
+    }
+    println!("  API status: {api:?}");
+    let audit = |what: &str| lines.iter().any(|l| l.contains(what));
+    if !audit("PACT: api: listening on 0.0.0.0:9445") {
+        fail("no PACT: api: listening on 0.0.0.0:9445 line".into());
+    }
+    for want in [
+        format!("PACT: api: qemu-test {API_ROLE} ServiceControl status * -> ok: 2 services"),
+        format!("PACT: api: qemu-test {API_ROLE} Power poweroff reason=\"qemu_node test\" -> ok: scheduled"),
+    ] {
+        if !audit(&want) {
+            fail(format!("no console line {want:?}"));
+        }
+    }
+
+    // The power-off the API asked for: services stopped dependents first (b before a).
+    let stopping = |name: &str| {
+        let tag = format!("PACT: supervisor: service {name}: stopping");
+        lines.iter().enumerate().skip(ready_at).find_map(|(i, l)| l.contains(&tag).then_some(i))
     };
-    match (stopped("a"), stopped("b")) {
+    match (stopping("a"), stopping("b")) {
         (Some(a), Some(b)) if a < b => {
             fail("at poweroff a stopped before b (expected reverse dependency order)".into())
         }
         (Some(_), Some(_)) => println!("  services stopped in reverse order at poweroff"),
-        _ => println!("  note: the agent printed no PACT-SERVICE stop lines at poweroff (stop order not checked here)"),
+        _ => fail("no `PACT: supervisor: service <name>: stopping` lines for a and b at poweroff".into()),
     }
 
     // A clean poweroff: QEMU exits by itself, status 0 (a panic with -no-reboot exits too, but
@@ -531,8 +687,7 @@ fn check_node(lines: &[String], exit: Option<i32>, log: &Path) {
     }
 }
 
-const APPEND: &str = "pact.test_poweroff_after_ready=1 \
-    pact.test_check=sysctl:vm.swappiness,file:/etc/motd,mount:/scratch,service:a,service:b,\
+const APPEND: &str = "pact.test_check=sysctl:vm.swappiness,file:/etc/motd,mount:/scratch,service:a,service:b,\
 cgroup:a:memory.max,cgroup:a:pids.max,cgroup:a:cpu.weight,stat:/etc/motd";
 
 fn node_test(name: &str, squashfs: bool) {
@@ -541,13 +696,18 @@ fn node_test(name: &str, squashfs: bool) {
         Err(reason) => return unavailable(&reason),
     };
     let dir = temp_dir(name);
-    let (journal, input) = journal_with_overlay(&dir);
+    let (journal, input, api) = journal_with_overlay(&dir);
     let image = dir.join("image");
     build_image(&p, &input, &image, squashfs);
     let log = dir.join("console.log");
-    let (lines, exit, took) = boot(&image, APPEND, &log);
-    println!("boot ({name}): QEMU exited {exit:?} after {:.1} s; console in {}", took.as_secs_f64(), log.display());
-    check_node(&lines, exit, &log);
+    let b = boot(&image, APPEND, &log, &api);
+    println!(
+        "boot ({name}): QEMU exited {:?} after {:.1} s; console in {}",
+        b.exit,
+        b.took.as_secs_f64(),
+        log.display()
+    );
+    check_node(&b, &log);
     drop(journal);
     let _ = std::fs::remove_dir_all(&dir);
 }

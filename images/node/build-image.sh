@@ -11,6 +11,9 @@
 #                    agent.toml   -> /etc/pact/agent.toml
 #                    ca.crt       -> /etc/pact/ca.crt
 #                    agent.token  -> /etc/pact/agent.token (mode 0600)
+#                    agent.crt    -> /etc/pact/agent.crt (the node's certificate: mutual TLS to
+#                                    the journal, and the API server on 9445)
+#                    agent.key    -> /etc/pact/agent.key (mode 0600)
 #                    hosts        -> appended to /etc/hosts
 #                    rootfs/      -> copied over the root file system as it is
 #   --squashfs     the root file system as a SquashFS (DIR/root.squashfs, a virtio disk) and a
@@ -99,6 +102,8 @@ base_root() {
     [ ! -f "$INPUT/agent.toml" ] || install -m 0644 "$INPUT/agent.toml" "$r/etc/pact/agent.toml"
     [ ! -f "$INPUT/ca.crt" ] || install -m 0644 "$INPUT/ca.crt" "$r/etc/pact/ca.crt"
     [ ! -f "$INPUT/agent.token" ] || install -m 0600 "$INPUT/agent.token" "$r/etc/pact/agent.token"
+    [ ! -f "$INPUT/agent.crt" ] || install -m 0644 "$INPUT/agent.crt" "$r/etc/pact/agent.crt"
+    [ ! -f "$INPUT/agent.key" ] || install -m 0600 "$INPUT/agent.key" "$r/etc/pact/agent.key"
     [ ! -f "$INPUT/hosts" ] || cat "$INPUT/hosts" >>"$r/etc/hosts"
     [ ! -d "$INPUT/rootfs" ] || cp -a "$INPUT/rootfs/." "$r/"
   fi

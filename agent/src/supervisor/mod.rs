@@ -214,6 +214,21 @@ pub enum ServiceState {
     Unknown,
 }
 
+impl ServiceState {
+    /// The name the console (`PACT-SERVICE`) and the API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceState::Running => "running",
+            ServiceState::Stopping => "stopping",
+            ServiceState::BackingOff => "backingoff",
+            ServiceState::Waiting => "waiting",
+            ServiceState::Stopped => "stopped",
+            ServiceState::Exited => "exited",
+            ServiceState::Unknown => "unknown",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Health {
     /// No health check is declared.
