@@ -305,7 +305,16 @@ fn a_one_node_journal_from_the_guide_config_serves_stops_restarts_and_refuses_bo
         bad.call(Method::AppendEntry, &AppendEntryRequest { entry: Some(entry.clone()) });
     assert_eq!(refused.expect_err("wrong issuer must be refused").exit_code(), 2);
 
-    let (code, body) = http_get(metrics_port, "/health").expect("GET /health");
+    // /health reads the store as it is: an append is acknowledged at commit, a moment before
+    // its applied state is stored, so the count may take that moment to show.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (code, body) = loop {
+        let (code, body) = http_get(metrics_port, "/health").expect("GET /health");
+        if body.contains("\"entries\":1") || std::time::Instant::now() > deadline {
+            break (code, body);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"role\":\"leader\""), "{body}");
     assert!(body.contains("\"entries\":1"), "{body}");
