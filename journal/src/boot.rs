@@ -256,11 +256,13 @@ pub async fn stream_boot<S: AsyncWrite + Unpin>(
         })),
     };
     w.push(io, FrameKind::StreamItem, m, id, &complete.encode_to_vec()).await?;
+    // Counted before the last bytes leave, so a node that has read its whole stream (and a
+    // test reading /metrics right after) always sees it counted.
+    Shared::inc(&shared.boot_streams_total);
+    shared.observe_boot_stream(started.elapsed());
     w.push(io, FrameKind::EndOfStream, m, id, &[]).await?;
     w.drain(io).await?;
     io.flush().await.map_err(|e| e.to_string())?;
-    Shared::inc(&shared.boot_streams_total);
-    shared.observe_boot_stream(started.elapsed());
     Ok(())
 }
 
