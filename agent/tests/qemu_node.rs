@@ -524,10 +524,43 @@ fn boot(image: &Path, append: &str, log: &Path, api: &Api) -> Boot {
     Boot { lines, exit: status.code(), took, api_status }
 }
 
-/// The console's tagged lines: everything from the tag on (whatever the line had before it).
+/// The console's tagged lines: everything from the tag on (whatever the line had before it),
+/// without a kernel message that landed in the middle of the agent's line (the kernel writes
+/// to the serial port directly, so its `[    2.877791] ...` can cut in before the newline).
 fn tagged<'a>(lines: &'a [String], tag: &str) -> Vec<(usize, &'a str)> {
     let tag = format!("{tag} ");
-    lines.iter().enumerate().filter_map(|(i, l)| l.find(&tag).map(|p| (i, l[p + tag.len()..].trim()))).collect()
+    lines
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| l.find(&tag).map(|p| (i, strip_kernel_message(&l[p + tag.len()..]).trim())))
+        .collect()
+}
+
+/// Cuts `text` at the first `[ <seconds>.<micros>]` kernel timestamp, if any.
+fn strip_kernel_message(text: &str) -> &str {
+    let b = text.as_bytes();
+    for (i, _) in text.match_indices('[') {
+        let mut j = i + 1;
+        while j < b.len() && b[j] == b' ' {
+            j += 1;
+        }
+        let digits = b[j..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let k = j + digits;
+        if digits > 0 && b.get(k) == Some(&b'.') {
+            let micros = b[k + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+            if micros == 6 && b.get(k + 1 + micros) == Some(&b']') {
+                return &text[..i];
+            }
+        }
+    }
+    text
+}
+
+#[test]
+fn kernel_messages_are_cut_out_of_agent_lines() {
+    assert_eq!(strip_kernel_message("mode=0644 uid=0 gid=0[    2.877791] IPv6: link up"), "mode=0644 uid=0 gid=0");
+    assert_eq!(strip_kernel_message("a [b] c"), "a [b] c");
+    assert_eq!(strip_kernel_message("x=[12.5]"), "x=[12.5]");
 }
 
 /// Checks every effect from the console of a boot and the API's answers; panics with the

@@ -50,7 +50,7 @@ command -v qemu-system-x86_64 >/dev/null 2>&1 || die "qemu-system-x86_64 is miss
 ACCEL=tcg CPU=max
 if grep -qwE 'vmx|svm' /proc/cpuinfo 2>/dev/null && [ -w /dev/kvm ]; then ACCEL=kvm CPU=host; fi
 
-CMDLINE="console=ttyS0 panic=-1 ip=10.0.2.15::10.0.2.2:255.255.255.0:$NODE:eth0:off pact.node_id=$NODE${APPEND:+ $APPEND}$EXTRA"
+CMDLINE="console=ttyS0 loglevel=4 panic=-1 ip=10.0.2.15::10.0.2.2:255.255.255.0:$NODE:eth0:off pact.node_id=$NODE${APPEND:+ $APPEND}$EXTRA"
 ARGS=(
   -accel "$ACCEL" -cpu "$CPU" -m 512 -smp 1 -nographic -no-reboot
   -kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE"
