@@ -634,7 +634,7 @@ fn read_service(t: &Section<'_>, named: Option<&Field<'_>>) -> Result<ServiceSpe
         restart_delay_seconds: t.u32("restart_delay_seconds", 0..=u32::MAX)?.unwrap_or(0),
         depends_on,
         order: t.u32("order", 0..=u32::MAX)?.unwrap_or(0),
-        cgroup_slice: non_empty(t, "cgroup_slice")?,
+        cgroup_slice: cgroup_slice(t)?,
         cgroup_memory_max,
         cgroup_cpu_weight: t.u32("cgroup_cpu_weight", 1..=10_000)?,
         cgroup_io_max: non_empty(t, "cgroup_io_max")?,
@@ -753,6 +753,23 @@ fn is_memory_size(v: &str) -> bool {
     !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())
 }
 
+/// `infra`, `network`, `gpu` or `audit`, also written `pact.slice/<name>` or with `.slice`.
+/// `workload` is refused here as the agent refuses it: workload.slice belongs to the workload
+/// scheduler, and pact places nothing there (invariant RI1), so the admin learns it at apply.
+fn cgroup_slice(t: &Section<'_>) -> Result<Option<String>, ConfigError> {
+    let Some(f) = t.get("cgroup_slice") else { return Ok(None) };
+    let v = non_empty_field(&f)?;
+    let short = v.strip_prefix("pact.slice/").unwrap_or(&v);
+    let short = short.strip_suffix(".slice").unwrap_or(short);
+    match short {
+        "infra" | "network" | "gpu" | "audit" => Ok(Some(v)),
+        "workload" => Err(f.error(
+            "workload.slice belongs to the workload scheduler; pact places services only under pact.slice/{infra,network,gpu,audit}",
+        )),
+        _ => Err(f.expected("one of \"infra\", \"network\", \"gpu\", \"audit\" (optionally as \"pact.slice/<name>\")")),
+    }
+}
+
 fn non_empty(t: &Section<'_>, key: &str) -> Result<Option<String>, ConfigError> {
     t.get(key).map(|f| non_empty_field(&f)).transpose()
 }
@@ -822,7 +839,7 @@ order = 10
 # order = 1
 # restart = "always"
 # restart_delay_seconds = 5
-# cgroup_slice = "pact.slice/infra"    # pact.slice/{infra,gpu,audit,network} | "workload"
+# cgroup_slice = "pact.slice/infra"    # pact.slice/{infra,gpu,audit,network} (never workload.slice)
 
 [vcluster.ml-training.policy]
 drift_sensitivity = 2.0
@@ -941,7 +958,7 @@ restart = "on-failure"
 restart_delay_seconds = 3
 depends_on = ["db", "cache"]
 order = 5
-cgroup_slice = "workload"
+cgroup_slice = "pact.slice/gpu"
 cgroup_memory_max = "1G"
 cgroup_cpu_weight = 100
 cgroup_io_max = "8:0 rbps=1048576"
@@ -973,7 +990,7 @@ restart = "on-failure"
 restart_delay_seconds = 3
 depends_on = ["db", "cache"]
 order = 5
-cgroup_slice = "workload"
+cgroup_slice = "pact.slice/gpu"
 cgroup_memory_max = "1G"
 cgroup_cpu_weight = 100
 cgroup_io_max = "8:0 rbps=1048576"
@@ -990,7 +1007,7 @@ order = 1
 [vcluster.vc]
 services = [
   { name = "db", binary = "/usr/bin/db", order = 1 },
-  { name = "web", binary = "/usr/bin/web", args = ["--port", "80"], env = { A = "1", B = "2" }, restart = "on-failure", restart_delay_seconds = 3, depends_on = ["db", "cache"], order = 5, cgroup_slice = "workload", cgroup_memory_max = "1G", cgroup_cpu_weight = 100, cgroup_io_max = "8:0 rbps=1048576", cgroup_pids_max = 100, health_check = { type = "tcp", port = 80 }, state = "stopped" },
+  { name = "web", binary = "/usr/bin/web", args = ["--port", "80"], env = { A = "1", B = "2" }, restart = "on-failure", restart_delay_seconds = 3, depends_on = ["db", "cache"], order = 5, cgroup_slice = "pact.slice/gpu", cgroup_memory_max = "1G", cgroup_cpu_weight = 100, cgroup_io_max = "8:0 rbps=1048576", cgroup_pids_max = 100, health_check = { type = "tcp", port = 80 }, state = "stopped" },
   { name = "cache", binary = "/usr/bin/cache", order = 1 },
 ]
 "#;
@@ -1135,6 +1152,18 @@ services = [
             one("[vcluster.vc.services.\"getty@tty1\"]\nbinary = \"/sbin/agetty\"\n").services[0].name,
             "getty@tty1"
         );
+    }
+
+    #[test]
+    fn cgroup_slices_are_pacts_own() {
+        for ok in ["infra", "pact.slice/gpu", "pact.slice/audit.slice", "network.slice"] {
+            let spec = parse_spec("spec.toml", &with_service(&format!("cgroup_slice = {ok:?}\n"))).unwrap();
+            assert_eq!(spec.vclusters[0].services[0].cgroup_slice.as_deref(), Some(ok));
+        }
+        let e = err(&with_service("cgroup_slice = \"workload\"\n")).to_string();
+        assert!(e.contains("spec.toml:3") && e.contains("workload scheduler"), "{e}");
+        let e = err(&with_service("cgroup_slice = \"pact.slice/infr\"\n")).to_string();
+        assert!(e.contains("one of \"infra\""), "{e}");
     }
 
     #[test]
