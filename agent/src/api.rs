@@ -406,19 +406,6 @@ fn read_until(tls: &mut Tls, buf: &mut [u8], deadline: Instant) -> io::Result<us
     Ok(got)
 }
 
-/// A frame the server accepts: a request, for a known method, whose body is a `Request`.
-fn parse_request(h: &frame::FrameHeader, body: &[u8]) -> Result<(Method, pact_proto::wire::Request), RemoteError> {
-    if h.kind != FrameKind::Request {
-        return Err(RemoteError::new(ErrorCode::MalformedFrame, format!("expected a request frame, got {:?}", h.kind)));
-    }
-    let method = Method::from_u16(h.method)
-        .ok_or_else(|| RemoteError::new(ErrorCode::UnknownMethod, format!("unknown method id {}", h.method)))?;
-    let req = pact_proto::wire::Request::decode(body).map_err(|e| {
-        RemoteError::new(ErrorCode::MalformedFrame, format!("request body is not a pact.wire.Request: {e}"))
-    })?;
-    Ok((method, req))
-}
-
 /// A request's body, decoded for the method.
 enum Body {
     Control { name: String, action: Result<Action, String> },
@@ -514,12 +501,7 @@ impl<W: Wake + Sync + 'static> Ctx<W> {
             let header = match decode_header(&hb, MAX_REQUEST_BODY) {
                 Ok(h) => h,
                 Err(e) => {
-                    let code = if matches!(e, frame::DecodeError::TooLarge { .. }) {
-                        ErrorCode::FrameTooLarge
-                    } else {
-                        ErrorCode::MalformedFrame
-                    };
-                    return Err(fatal(&mut tls, 0, 0, RemoteError::new(code, e.to_string())));
+                    return Err(fatal(&mut tls, 0, 0, RemoteError::new(e.error_code(), e.to_string())));
                 }
             };
             let mut body = vec![0u8; header.body_len as usize];
@@ -527,7 +509,7 @@ impl<W: Wake + Sync + 'static> Ctx<W> {
             if got < body.len() {
                 return Err("truncated frame body".to_string().into());
             }
-            let (method, request) = match parse_request(&header, &body) {
+            let (method, request) = match frame::parse_request(&header, &body) {
                 Ok(x) => x,
                 Err(e) => return Err(fatal(&mut tls, header.method, header.request_id, e)),
             };

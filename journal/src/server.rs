@@ -148,17 +148,12 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(shard: &ShardRef, io: &
         let header = match decode_header(&hb, MAX_FRAME_BODY) {
             Ok(h) => h,
             Err(e) => {
-                let code = if matches!(e, frame::DecodeError::TooLarge { .. }) {
-                    ErrorCode::FrameTooLarge
-                } else {
-                    ErrorCode::MalformedFrame
-                };
-                return fatal(shard, io, 0, 0, RemoteError::new(code, e.to_string())).await;
+                return fatal(shard, io, 0, 0, RemoteError::new(e.error_code(), e.to_string())).await;
             }
         };
         let mut body = vec![0u8; header.body_len as usize];
         io.read_exact(&mut body).await.map_err(|e| format!("truncated frame body: {e}"))?;
-        let (method, request) = match parse_request(&header, &body) {
+        let (method, request) = match frame::parse_request(&header, &body) {
             Ok(x) => x,
             Err(e) => return fatal(shard, io, header.method, header.request_id, e).await,
         };
@@ -200,20 +195,6 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(shard: &ShardRef, io: &
         io.write_all(&out).await.map_err(|e| e.to_string())?;
         io.flush().await.map_err(|e| e.to_string())?;
     }
-}
-
-/// A frame the client port accepts: a request, for a known method, whose body is a Request.
-fn parse_request(header: &frame::FrameHeader, body: &[u8]) -> Result<(Method, pact_proto::wire::Request), RemoteError> {
-    if header.kind != FrameKind::Request {
-        let msg = format!("expected a request frame, got {:?}", header.kind);
-        return Err(RemoteError::new(ErrorCode::MalformedFrame, msg));
-    }
-    let method = Method::from_u16(header.method)
-        .ok_or_else(|| RemoteError::new(ErrorCode::UnknownMethod, format!("unknown method id {}", header.method)))?;
-    let request = pact_proto::wire::Request::decode(body).map_err(|e| {
-        RemoteError::new(ErrorCode::MalformedFrame, format!("request body is not a pact.wire.Request: {e}"))
-    })?;
-    Ok((method, request))
 }
 
 fn push(out: &mut Vec<u8>, f: Frame) -> Result<(), String> {

@@ -111,6 +111,36 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+impl DecodeError {
+    /// The error code a server answers a frame it cannot decode with.
+    pub fn error_code(&self) -> crate::ErrorCode {
+        match self {
+            DecodeError::TooLarge { .. } => crate::ErrorCode::FrameTooLarge,
+            _ => crate::ErrorCode::MalformedFrame,
+        }
+    }
+}
+
+/// What a server accepts on its port: a Request frame, for a known method, whose body is a
+/// `pact.wire.Request`. Shared by the journal's client port and the agent's API.
+pub fn parse_request(
+    header: &FrameHeader,
+    body: &[u8],
+) -> Result<(crate::Method, crate::wire::Request), crate::RemoteError> {
+    use crate::{ErrorCode, RemoteError};
+    use prost::Message as _;
+    if header.kind != FrameKind::Request {
+        let msg = format!("expected a request frame, got {:?}", header.kind);
+        return Err(RemoteError::new(ErrorCode::MalformedFrame, msg));
+    }
+    let method = crate::Method::from_u16(header.method)
+        .ok_or_else(|| RemoteError::new(ErrorCode::UnknownMethod, format!("unknown method id {}", header.method)))?;
+    let request = crate::wire::Request::decode(body).map_err(|e| {
+        RemoteError::new(ErrorCode::MalformedFrame, format!("request body is not a pact.wire.Request: {e}"))
+    })?;
+    Ok((method, request))
+}
+
 impl Frame {
     pub fn new(kind: FrameKind, method: u16, request_id: u32, body: Vec<u8>) -> Frame {
         Frame { kind, method, request_id, body }
