@@ -273,10 +273,7 @@ pub fn assemble(items: &[ConfigChunk], cached: Option<&BootConfig>, endpoint: &s
     })
 }
 
-pub fn sha256_hex(b: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, b);
-    d.as_ref().iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use pact_proto::sha256_hex;
 
 /// Where the next attempt goes and how long to wait before it.
 struct Rotation {

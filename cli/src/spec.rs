@@ -167,9 +167,7 @@ pub fn is_valid_service_name(s: &str) -> bool {
 
 /// `sha256:<hex>` of a file's content, as FileDelta and FileSpec carry it.
 pub fn content_hash(content: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, content.as_bytes());
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    pact_proto::content_hash(content.as_bytes())
 }
 
 /// The complete state delta of a declared spec: everything it declares, as the change that

@@ -27,14 +27,7 @@ pub const ZSTD_LEVEL: i32 = 3;
 /// refuses to decompress past the raw size the journal announces.
 pub const MAX_OVERLAY_RAW: usize = 64 << 20;
 
-pub fn sha256_hex(b: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, b);
-    let mut s = String::with_capacity(64);
-    for byte in d.as_ref() {
-        s.push_str(&format!("{byte:02x}"));
-    }
-    s
-}
+pub use pact_proto::sha256_hex;
 
 /// The boot form of a vCluster's spec: the prost encoding (canonical: maps are BTreeMaps,
 /// lists keep their declared order) compressed with zstd, and the record that describes it.
@@ -248,7 +241,7 @@ pub fn apply_delta(spec: &mut VClusterSpec, d: &StateDelta) {
 /// The `sha256:<hex>` hash a declared file's content has (what FileDelta.content_hash holds).
 fn declared_hash(f: &FileSpec) -> Option<String> {
     match &f.content {
-        Some(c) => Some(format!("sha256:{}", sha256_hex(c.as_bytes()))),
+        Some(c) => Some(pact_proto::content_hash(c.as_bytes())),
         None => f.content_hash.clone(),
     }
 }

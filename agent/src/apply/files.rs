@@ -157,16 +157,11 @@ fn read_equals(path: &Path, want: &[u8]) -> Result<bool, String> {
 
 /// `sha256:<hex>` of some bytes, the form FileSpec.content_hash uses.
 pub fn sha256_tag(bytes: &[u8]) -> String {
-    hex_tag(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+    pact_proto::content_hash(bytes)
 }
 
 fn hex_tag(d: &[u8]) -> String {
-    let mut s = String::with_capacity(7 + 64);
-    s.push_str("sha256:");
-    for b in d {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    format!("sha256:{}", pact_proto::hex(d))
 }
 
 fn sha256_file(path: &Path) -> std::io::Result<String> {
