@@ -170,13 +170,10 @@ pub fn parse_env_file(label: &str, text: &str) -> Result<Vec<(String, String)>, 
     Ok(out)
 }
 
-/// The value of `key=` on a kernel command line (the last one wins, as for the kernel).
+/// The value of `key=` on a kernel command line (the last one wins, as for the kernel; quotes
+/// and `--` handled by `early::cmdline_value`); a bare or empty `key` counts as absent.
 pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
-    cmdline
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-        .next_back()
-        .map(str::to_string)
+    crate::early::cmdline_value(cmdline, key).filter(|v| !v.is_empty())
 }
 
 /// Resolves the configuration. `file` is the config file's text when one was found.
