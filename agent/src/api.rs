@@ -52,7 +52,7 @@ use crate::boot::{Link, Msg, Wake};
 use crate::config::{AgentConfig, ShellAuth};
 use crate::init::PowerAction;
 use crate::supervisor::{self, BackendKind, ServiceState, ServiceStatus, Supervisor};
-use pact_proto::auth::{Caller, HmacVerifier};
+use pact_proto::auth::{Caller, KeySources, TokenVerifier};
 use pact_proto::frame::{self, decode_header, write_frame, Frame, FrameKind, HelloOutcome, HANDSHAKE_LEN, HEADER_LEN};
 use pact_proto::shell::{
     exec_output, ExecOutput, PowerRequest, ServiceControlRequest, ServiceControlResponse, ServiceStatusEntry,
@@ -130,29 +130,36 @@ pub fn tls_config(cfg: &AgentConfig) -> Result<Arc<rustls::ServerConfig>, String
     pact_proto::tls::server_config(cert, key).map_err(|e| format!("node certificate: {e}"))
 }
 
-/// How tokens are verified (`[agent.shell.auth]`).
+/// How tokens are verified (`[agent.shell.auth]`), independently of the journal.
 #[derive(Clone)]
 pub enum Auth {
     /// No `[agent.shell.auth]`: every request is refused.
     Closed,
-    /// `hmac_secret` (development and tests): HS256, issuer, audience, expiry.
-    Hmac { verifier: Box<HmacVerifier>, issuer: String, audience: String },
-    /// Only `jwks_url`: refused until JWKS verification exists (security-plane issue).
-    JwksPending { jwks_url: String },
+    /// RS256/ES256 against the JWKS (`jwks_url`, else the issuer's discovery document when
+    /// the issuer is a URL) and/or HS256 with `hmac_secret`; issuer, audience, expiry and
+    /// not-before checked.
+    Tokens(Arc<TokenVerifier>),
+    /// A section that gives no usable key source (refused, with the reason).
+    Invalid(String),
 }
 
 impl Auth {
     pub fn from_config(auth: Option<&ShellAuth>) -> Auth {
-        match auth {
-            None => Auth::Closed,
-            Some(a) => match &a.hmac_secret {
-                Some(secret) => Auth::Hmac {
-                    verifier: Box::new(HmacVerifier::new(secret.as_bytes(), &a.issuer, &a.audience)),
-                    issuer: a.issuer.clone(),
-                    audience: a.audience.clone(),
-                },
-                None => Auth::JwksPending { jwks_url: a.jwks_url.clone().unwrap_or_default() },
-            },
+        let Some(a) = auth else { return Auth::Closed };
+        let jwks = match &a.jwks_url {
+            Some(u) => Some(Some(u.clone())),
+            None if a.issuer.starts_with("https://") || a.issuer.starts_with("http://") => Some(None),
+            None => None,
+        };
+        match TokenVerifier::new(KeySources {
+            issuer: a.issuer.clone(),
+            audience: a.audience.clone(),
+            hmac_secret: a.hmac_secret.as_ref().map(|s| s.as_bytes().to_vec()),
+            jwks,
+            ca_bundle: std::env::var_os("PACT_OIDC_CA_BUNDLE").map(std::path::PathBuf::from),
+        }) {
+            Ok(v) => Auth::Tokens(Arc::new(v)),
+            Err(e) => Auth::Invalid(e),
         }
     }
 
@@ -160,27 +167,30 @@ impl Auth {
     pub fn describe(&self) -> String {
         match self {
             Auth::Closed => "no [agent.shell.auth]: every request is refused".into(),
-            Auth::Hmac { issuer, audience, .. } => format!("HS256 tokens, issuer {issuer}, audience {audience}"),
-            Auth::JwksPending { .. } => {
-                "[agent.shell.auth] has only jwks_url: every request is refused until JWKS verification (security-plane issue)".into()
-            }
+            Auth::Tokens(v) => v.describe(),
+            Auth::Invalid(e) => format!("[agent.shell.auth]: {e}: every request is refused"),
         }
     }
 
+    /// Verifies a bearer token; an unknown key makes one (rate-limited) JWKS refresh on this
+    /// connection's thread.
     pub fn verify(&self, token: &str) -> Result<Caller, RemoteError> {
         match self {
             Auth::Closed => {
                 Err(RemoteError::new(ErrorCode::Unauthenticated, "no [agent.shell.auth]: the agent accepts no token"))
             }
-            Auth::JwksPending { jwks_url } => Err(RemoteError::new(
-                ErrorCode::Unauthenticated,
-                format!(
-                    "[agent.shell.auth] names only jwks_url ({jwks_url}): JWKS verification arrives with the security-plane issue; until then the agent accepts no token"
-                ),
-            )),
-            Auth::Hmac { verifier, .. } => {
-                verifier.verify(token).map_err(|e| RemoteError::new(ErrorCode::Unauthenticated, e.to_string()))
+            Auth::Invalid(e) => Err(RemoteError::new(ErrorCode::Unauthenticated, format!("[agent.shell.auth]: {e}"))),
+            Auth::Tokens(v) => {
+                v.verify_blocking(token).map_err(|e| RemoteError::new(ErrorCode::Unauthenticated, e.to_string()))
             }
+        }
+    }
+
+    /// Fetches the JWKS once, ahead of the first token (start-up; a failure is only logged).
+    pub fn prefetch(&self) -> Option<Result<usize, String>> {
+        match self {
+            Auth::Tokens(v) if v.has_jwks() => Some(v.refresh()),
+            _ => None,
         }
     }
 }
@@ -879,6 +889,7 @@ impl Controls {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pact_proto::auth::HmacVerifier;
     use pact_proto::client::{CallError, Client};
 
     #[test]
@@ -925,9 +936,14 @@ mod tests {
             (e.code, e.message.as_str()),
             (ErrorCode::Unauthenticated, "no [agent.shell.auth]: the agent accepts no token")
         );
+        // Only a JWKS (unreachable here): an HS256 token is refused without any fetch, since no
+        // secret is configured.
         let e = Auth::from_config(Some(&shell_auth(false, true))).verify(&good).unwrap_err();
         assert_eq!(e.code, ErrorCode::Unauthenticated);
-        assert!(e.message.contains("security-plane") && e.message.contains("https://idp/certs"), "{e}");
+        assert!(e.message.contains("HS256"), "{e}");
+        // Neither a secret nor a JWKS (the issuer is not a URL): refused, saying why.
+        let e = Auth::from_config(Some(&shell_auth(false, false))).verify(&good).unwrap_err();
+        assert!(e.message.contains("key source"), "{e}");
         // hmac_secret (with or without jwks_url): verified for real.
         for jwks in [false, true] {
             let auth = Auth::from_config(Some(&shell_auth(true, jwks)));

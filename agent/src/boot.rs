@@ -150,9 +150,9 @@ pub fn load_cache(path: &Path) -> Result<BootConfig, String> {
 }
 
 /// The boot config merged (node declarations over the overlay) and applied.
-fn apply_config(b: &BootConfig, hostname: &str, target: &apply::Target) -> (VClusterSpec, Vec<ItemResult>) {
+fn apply_config(b: &BootConfig, hostname: Option<&str>, target: &apply::Target) -> (VClusterSpec, Vec<ItemResult>) {
     let merged = apply::merge(&b.overlay, b.node.node_spec.as_ref());
-    let results = apply::apply_all(&merged, Some(hostname), target);
+    let results = apply::apply_all(&merged, hostname, target);
     (merged, results)
 }
 
@@ -170,7 +170,9 @@ fn report<W: Wake>(link: &Link<W>, results: &[ItemResult]) {
 
 /// The journal thread's whole life: boot, then follow changes. Returns only if the
 /// configuration makes talking to a journal impossible (the error says why).
-pub fn run<W: Wake>(cfg: AgentConfig, hostname: String, target: apply::Target, link: Link<W>) -> String {
+/// `hostname`: what to set the node's hostname to (None: leave it, as an agent that is not
+/// PID 1 does: the operating system around it owns the name).
+pub fn run<W: Wake>(cfg: AgentConfig, hostname: Option<String>, target: apply::Target, link: Link<W>) -> String {
     let jcfg = match journal_config(&cfg) {
         Ok(c) => c,
         Err(e) => return e,
@@ -229,7 +231,7 @@ pub fn run<W: Wake>(cfg: AgentConfig, hostname: String, target: apply::Target, l
         }
     }
     let t = Instant::now();
-    let (merged, results) = apply_config(&current, &hostname, &target);
+    let (merged, results) = apply_config(&current, hostname.as_deref(), &target);
     let applied = t.elapsed();
     report(&link, &results);
     link.send(Msg::Applied {
@@ -251,7 +253,7 @@ pub fn run<W: Wake>(cfg: AgentConfig, hostname: String, target: apply::Target, l
             if let Err(e) = save_cache(&cache, current, &cfg.node_id) {
                 link.log(format!("PACT: cannot cache the boot config: {e}"));
             }
-            let (merged, results) = apply_config(current, &hostname, &target);
+            let (merged, results) = apply_config(current, hostname.as_deref(), &target);
             report(&link, &results);
             link.send(Msg::Applied {
                 services: merged.services.clone(),

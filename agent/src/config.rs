@@ -19,6 +19,7 @@ pub const DEFAULT_CA: &str = "/etc/pact/ca.crt";
 /// bearer token to the journal, read from here (or `PACT_AGENT_TOKEN`).
 pub const DEFAULT_TOKEN_PATH: &str = "/etc/pact/agent.token";
 pub const DEFAULT_CACHE_DIR: &str = "/var/lib/pact/cache";
+pub const DEFAULT_RUN_DIR: &str = "/run/pact";
 /// Shortest `[agent.shell.auth] hmac_secret` accepted (as the journal's).
 pub const MIN_HMAC_SECRET: usize = 32;
 
@@ -79,6 +80,12 @@ pub struct AgentConfig {
     pub capability_manifest: PathBuf,
     /// Last verified boot config, for booting when no journal answers.
     pub cache_dir: PathBuf,
+    /// `ready`, `logs/` and (unless `[agent.capability] manifest_path` says otherwise)
+    /// `capability.json`: `/run/pact` on a node.
+    pub run_dir: PathBuf,
+    /// `[agent.supervisor] cgroup_root`: the cgroup2 (sub)tree the pact backend uses; None:
+    /// the system's cgroup2 mount.
+    pub cgroup_root: Option<PathBuf>,
     /// Configured keys whose feature is not active yet.
     pub not_yet_active: Vec<String>,
 }
@@ -119,6 +126,8 @@ impl Default for AgentConfig {
             spire_socket: None,
             capability_manifest: PathBuf::from("/run/pact/capability.json"),
             cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
+            run_dir: PathBuf::from(DEFAULT_RUN_DIR),
+            cgroup_root: None,
             not_yet_active: Vec::new(),
         }
     }
@@ -268,6 +277,7 @@ fn read_file(
         "vcluster",
         "enforcement_mode",
         "cache_dir",
+        "run_dir",
         "supervisor",
         "journal",
         "observer",
@@ -286,8 +296,14 @@ fn read_file(
     if let Some(d) = non_empty(&a, "cache_dir")? {
         cfg.cache_dir = PathBuf::from(d);
     }
+    if let Some(d) = non_empty(&a, "run_dir")? {
+        cfg.run_dir = PathBuf::from(d);
+        // `[agent.capability] manifest_path`, read below, still wins.
+        cfg.capability_manifest = cfg.run_dir.join("capability.json");
+    }
     if let Some(s) = a.section("supervisor")? {
-        s.check_keys(&["backend"])?;
+        s.check_keys(&["backend", "cgroup_root"])?;
+        cfg.cgroup_root = non_empty(&s, "cgroup_root")?.map(PathBuf::from);
         if let Some(b) = s.one_of("backend", &["pact", "systemd"])? {
             cfg.backend = if b == "systemd" { Backend::Systemd } else { Backend::Pact };
         }
@@ -355,12 +371,13 @@ fn read_file(
                 }
             }
             let jwks_url = non_empty(&au, "jwks_url")?;
-            if jwks_url.is_some() {
-                cfg.not_yet_active.push(if hmac_secret.is_some() {
-                    "agent.shell.auth.jwks_url (JWKS verification, security-plane issue; hmac_secret verifies tokens meanwhile)".into()
-                } else {
-                    "agent.shell.auth.jwks_url (JWKS verification, security-plane issue): the API refuses every request until then".into()
-                });
+            if let Some(u) = &jwks_url {
+                if !(u.starts_with("https://") || u.starts_with("http://")) {
+                    return Err(au
+                        .get("jwks_url")
+                        .map(|f| f.error("expected an http(s) URL"))
+                        .unwrap_or_else(|| au.missing("jwks_url")));
+                }
             }
             cfg.shell_auth = Some(ShellAuth { issuer, audience, jwks_url, hmac_secret });
         }
@@ -502,7 +519,11 @@ jwks_url = "https://your-idp/realm/protocol/openid-connect/certs"
         // The API server is active; exec's whitelist and JWKS are not yet.
         assert!(!c.not_yet_active.iter().any(|k| k.contains("9445")));
         assert!(c.not_yet_active.iter().any(|k| k.starts_with("agent.shell.whitelist_mode")));
-        assert!(c.not_yet_active.iter().any(|k| k.starts_with("agent.shell.auth.jwks_url") && k.contains("refuses")));
+        assert!(!c.not_yet_active.iter().any(|k| k.contains("jwks_url")));
+        assert_eq!(
+            c.shell_auth.as_ref().unwrap().jwks_url.as_deref(),
+            Some("https://your-idp/realm/protocol/openid-connect/certs")
+        );
     }
 
     #[test]
@@ -546,5 +567,24 @@ jwks_url = "https://your-idp/realm/protocol/openid-connect/certs"
         // Endpoints from the kernel command line (PXE-booted nodes without a baked config).
         let c = resolve(&Flags::default(), &src(&none, "pact.journal=a:9443,b:9443"), None).unwrap();
         assert_eq!(c.journal.endpoints, vec!["a:9443", "b:9443"]);
+    }
+
+    #[test]
+    fn run_dir_and_cgroup_root() {
+        let none = |_: &str| None;
+        let c = resolve(&Flags::default(), &src(&none, "pact.journal=a:9443"), None).unwrap();
+        assert_eq!(c.run_dir, Path::new(DEFAULT_RUN_DIR));
+        assert_eq!(c.capability_manifest, Path::new("/run/pact/capability.json"));
+        assert_eq!(c.cgroup_root, None);
+        let t = "[agent]\nrun_dir = \"/srv/pact\"\n[agent.supervisor]\ncgroup_root = \"/sys/fs/cgroup/delegated\"\n\
+                 [agent.journal]\nendpoints = [\"j:9443\"]\n";
+        let c = resolve(&Flags::default(), &src(&none, ""), Some(("a.toml", t))).unwrap();
+        assert_eq!(c.run_dir, Path::new("/srv/pact"));
+        assert_eq!(c.capability_manifest, Path::new("/srv/pact/capability.json"));
+        assert_eq!(c.cgroup_root.as_deref(), Some(Path::new("/sys/fs/cgroup/delegated")));
+        // An explicit manifest path still wins over run_dir.
+        let t2 = format!("{t}[agent.capability]\nmanifest_path = \"/x/cap.json\"\n");
+        let c = resolve(&Flags::default(), &src(&none, ""), Some(("a.toml", &t2))).unwrap();
+        assert_eq!(c.capability_manifest, Path::new("/x/cap.json"));
     }
 }

@@ -379,6 +379,35 @@ const STAGE_DIR: &str = "/.pact-root";
 const RAMFS_MAGIC: u64 = 0x8584_58f6;
 const TMPFS_MAGIC: u64 = 0x0102_1994;
 
+/// The environment variable that carries the initramfs stage's boot phases across the exec
+/// into the SquashFS root: `<CLOCK_MONOTONIC ns at its start>;<name>=<µs>,...`.
+pub const STAGE1_ENV: &str = "PACT_BOOT_STAGE1";
+
+/// CLOCK_MONOTONIC in nanoseconds: the same clock on both sides of an exec.
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
+}
+
+pub fn stage1_record(start_ns: u64, phases: &[(String, std::time::Duration)]) -> String {
+    let list: Vec<String> = phases.iter().map(|(n, d)| format!("{n}={}", d.as_micros())).collect();
+    format!("{start_ns};{}", list.join(","))
+}
+
+pub fn stage1_parse(v: &str) -> Option<(u64, Vec<(String, std::time::Duration)>)> {
+    let (start, list) = v.split_once(';')?;
+    let start = start.parse().ok()?;
+    let mut phases = Vec::new();
+    for item in list.split(',').filter(|i| !i.is_empty()) {
+        let (name, us) = item.split_once('=')?;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return None;
+        }
+        phases.push((name.to_string(), std::time::Duration::from_micros(us.parse().ok()?)));
+    }
+    Some((start, phases))
+}
+
 /// Is `/` already the overlay [`switch_root_from_squashfs`] makes?
 pub fn root_is_switched() -> bool {
     fs::read_to_string("/proc/self/mounts")
@@ -510,6 +539,21 @@ pub fn switch_root_from_squashfs(dev: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stage1_phases_round_trip() {
+        let phases = vec![
+            ("init".to_string(), std::time::Duration::from_micros(1500)),
+            ("early".to_string(), std::time::Duration::from_millis(279)),
+        ];
+        let v = stage1_record(42, &phases);
+        assert_eq!(stage1_parse(&v), Some((42, phases)));
+        assert_eq!(stage1_parse("7;"), Some((7, vec![])));
+        for bad in ["", "x;init=1", "1;init", "1;in it=3", "1;init=-1"] {
+            assert_eq!(stage1_parse(bad), None, "{bad}");
+        }
+        assert!(monotonic_ns() > 0);
+    }
 
     const QEMU: &str = "console=ttyS0 panic=-1 ip=10.0.2.15::10.0.2.2:255.255.255.0:node-001:eth0:off \
                         pact.node_id=node-001 pact.test_check=sysctl:vm.swappiness,file:/etc/motd quiet";

@@ -110,12 +110,40 @@ pub fn reap_all() -> Vec<(i32, Exit)> {
 pub struct Watchdog {
     file: std::fs::File,
     last: Instant,
+    /// A third of the driver's timeout (so two missed pets still leave time), within
+    /// [`WATCHDOG_PET_MIN`]..=[`WATCHDOG_PET`]; [`WATCHDOG_PET`] when the driver does not say.
+    every: Duration,
+    /// The driver's timeout, when it answered WDIOC_GETTIMEOUT.
+    pub timeout: Option<Duration>,
 }
 
-/// Pet interval: well under any real watchdog's timeout (drivers default to 30-60 s).
+/// Longest pet interval: well under any real watchdog's usual timeout (drivers default to
+/// 30-60 s).
 pub const WATCHDOG_PET: Duration = Duration::from_secs(5);
+/// Shortest pet interval, for watchdogs set to a timeout of a few seconds.
+pub const WATCHDOG_PET_MIN: Duration = Duration::from_millis(500);
+
+/// `WDIOC_GETTIMEOUT` = `_IOR('W', 7, int)` (linux/watchdog.h).
+const WDIOC_GETTIMEOUT: libc::c_ulong = 0x8004_5707;
+
+/// The timeout the watchdog driver behind `file` will fire after, in seconds.
+#[allow(unsafe_code)]
+fn watchdog_timeout(file: &std::fs::File) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut secs: libc::c_int = 0;
+    // SAFETY: WDIOC_GETTIMEOUT writes one c_int through the pointer, which points at a live
+    // c_int on this stack; the descriptor is open for the duration of the call.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), WDIOC_GETTIMEOUT as _, &mut secs as *mut libc::c_int) };
+    (r == 0 && secs > 0).then_some(secs as u32)
+}
+
+/// How often to pet a watchdog that fires after `timeout` (None: the driver did not say).
+pub fn pet_interval_for(timeout: Option<Duration>) -> Duration {
+    timeout.map_or(WATCHDOG_PET, |t| (t / 3).clamp(WATCHDOG_PET_MIN, WATCHDOG_PET))
+}
 
 impl Watchdog {
+    /// Opens the device, which arms it: from here on the node resets unless it is petted.
     pub fn open(path: &Path) -> Option<Result<Watchdog, String>> {
         if !path.exists() {
             return None;
@@ -124,20 +152,28 @@ impl Watchdog {
             std::fs::OpenOptions::new()
                 .write(true)
                 .open(path)
-                .map(|file| Watchdog { file, last: Instant::now() - WATCHDOG_PET })
+                .map(|file| {
+                    let timeout = watchdog_timeout(&file).map(|s| Duration::from_secs(u64::from(s)));
+                    let every = pet_interval_for(timeout);
+                    Watchdog { file, last: Instant::now() - every, every, timeout }
+                })
                 .map_err(|e| format!("{}: {e}", path.display())),
         )
     }
 
+    pub fn pet_interval(&self) -> Duration {
+        self.every
+    }
+
     pub fn pet_if_due(&mut self, now: Instant) {
-        if now.duration_since(self.last) >= WATCHDOG_PET {
+        if now.duration_since(self.last) >= self.every {
             let _ = self.file.write_all(b"\0");
             self.last = now;
         }
     }
 
     pub fn next_due(&self) -> Instant {
-        self.last + WATCHDOG_PET
+        self.last + self.every
     }
 
     pub fn disarm(mut self) {
@@ -174,5 +210,19 @@ pub fn power(action: PowerAction) -> String {
     match rustix::system::reboot(cmd) {
         Ok(()) => "reboot(2) returned".into(),
         Err(e) => format!("reboot(2): {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_pet_interval_follows_the_timeout() {
+        let s = Duration::from_secs;
+        assert_eq!(pet_interval_for(None), WATCHDOG_PET);
+        assert_eq!(pet_interval_for(Some(s(60))), WATCHDOG_PET);
+        assert_eq!(pet_interval_for(Some(s(6))), s(2));
+        assert_eq!(pet_interval_for(Some(s(1))), WATCHDOG_PET_MIN);
     }
 }

@@ -113,6 +113,7 @@ fn hold_forever(sig: &SignalFd, why: &str) -> ! {
 
 fn main() -> ExitCode {
     let t0 = Instant::now();
+    let mono0 = early::monotonic_ns();
     let pid1 = init::is_pid1();
     let (flags, check) = match parse_flags() {
         Ok(x) => x,
@@ -145,6 +146,21 @@ fn main() -> ExitCode {
     } else if let Err(e) = init::become_subreaper() {
         say(&format!("PACT: {e}"));
     }
+    // After a switch to the SquashFS root, the boot started in the initramfs: its phases and
+    // the switch come first, and the total counts from there (CLOCK_MONOTONIC survives exec).
+    let mut boot_t0 = t0;
+    if pid1 && early::root_is_switched() {
+        if let Some((start, first)) = std::env::var(early::STAGE1_ENV).ok().and_then(|v| early::stage1_parse(&v)) {
+            let before = Duration::from_nanos(mono0.saturating_sub(start));
+            let ran: Duration = first.iter().map(|(_, d)| *d).sum();
+            let mut all: Vec<(String, Duration)> = first.into_iter().map(|(n, d)| (format!("stage1-{n}"), d)).collect();
+            all.push(("switch".into(), before.saturating_sub(ran)));
+            all.append(&mut phases);
+            phases = all;
+            boot_t0 = t0.checked_sub(before).unwrap_or(t0);
+        }
+        std::env::remove_var(early::STAGE1_ENV);
+    }
     if let Err(e) = init::protect_from_oom() {
         say(&format!("PACT: {e}"));
     }
@@ -174,6 +190,7 @@ fn main() -> ExitCode {
             config::cmdline_value(&cmdline, "pact.root").and_then(|v| v.strip_prefix("squashfs:").map(str::to_string))
         {
             say(&format!("PACT: switching to the SquashFS root on {dev}"));
+            std::env::set_var(early::STAGE1_ENV, early::stage1_record(mono0, &phases));
             if let Err(e) = early::switch_root_from_squashfs(&dev) {
                 hold_forever(&sig, &format!("SquashFS root {dev}: {e}"));
             }
@@ -204,7 +221,7 @@ fn main() -> ExitCode {
     for k in &cfg.not_yet_active {
         say(&format!("PACT: configured, not yet active: {k}"));
     }
-    match run(pid1, &sig, cfg, &cmdline, t0, phases) {
+    match run(pid1, &sig, cfg, &cmdline, boot_t0, phases) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if pid1 => hold_forever(&sig, &e),
         Err(e) => {
@@ -238,33 +255,52 @@ fn run(
         config::Backend::Pact => supervisor::BackendKind::Pact,
         config::Backend::Systemd => supervisor::BackendKind::Systemd,
     });
-    if let Some(root) = cgroup2_root() {
+    if let Some(root) = cfg.cgroup_root.clone().or_else(cgroup2_root) {
         sup_cfg.cgroup_root = root;
     }
+    sup_cfg.log_dir = cfg.run_dir.join("logs");
+    sup_cfg.cgroups_optional = !pid1;
     let stop_grace = sup_cfg.stop_grace;
     let mut sup = Supervisor::new(sup_cfg).map_err(|e| format!("supervisor: {e}"))?;
     for n in sup.notes() {
         say(&format!("PACT: supervisor: {n}"));
     }
-    let mut watchdog = match init::Watchdog::open(std::path::Path::new("/dev/watchdog")) {
-        Some(Ok(w)) if pid1 => Some(w),
+    // Only init owns the watchdog: opening the device arms it, and an agent that is a
+    // service must not make the machine's reset depend on itself.
+    let mut watchdog = match pid1.then(|| init::Watchdog::open(std::path::Path::new("/dev/watchdog"))).flatten() {
+        Some(Ok(w)) => {
+            let timeout = w.timeout.map_or_else(|| "not reported".to_string(), |t| format!("{} s", t.as_secs()));
+            say(&format!(
+                "PACT: watchdog /dev/watchdog: timeout {timeout}, petted every {} ms",
+                w.pet_interval().as_millis()
+            ));
+            Some(w)
+        }
         Some(Err(e)) => {
             say(&format!("PACT: watchdog: {e}"));
             None
         }
-        _ => None,
+        None => None,
     };
     let wake_fd = Arc::new(
         rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)
             .map_err(|e| format!("eventfd: {e}"))?,
     );
     let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(64);
-    let hostname = early::parse_ip_param(cmdline)
-        .and_then(|r| r.ok())
-        .and_then(|ip| ip.hostname)
-        .unwrap_or_else(|| cfg.node_id.clone());
+    // As init the agent names the node (ip=...:hostname, else the node id); as a service it
+    // leaves the name to the system it runs on.
+    let hostname = pid1.then(|| {
+        early::parse_ip_param(cmdline)
+            .and_then(|r| r.ok())
+            .and_then(|ip| ip.hostname)
+            .unwrap_or_else(|| cfg.node_id.clone())
+    });
+    if !pid1 {
+        say("PACT: not PID 1: the hostname is left to the system");
+    }
     let node_id = cfg.node_id.clone();
     let manifest = cfg.capability_manifest.clone();
+    let run_dir = cfg.run_dir.clone();
     let api_shared = api::Shared::new();
     start_api(&cfg, &api_shared, boot::Link { tx: tx.clone(), waker: EventWaker(wake_fd.clone()) });
     let mut controls = api::Controls::new(sup.backend(), stop_grace);
@@ -341,10 +377,10 @@ fn run(
                             say(&format!("PACT: {}: {e}", manifest.display()));
                         }
                         phases.push(("capability".into(), t.elapsed()));
-                        if let Err(e) = std::fs::create_dir_all("/run/pact")
-                            .and_then(|_| std::fs::write("/run/pact/ready", format!("{node_id}\n")))
+                        if let Err(e) = std::fs::create_dir_all(&run_dir)
+                            .and_then(|_| std::fs::write(run_dir.join("ready"), format!("{node_id}\n")))
                         {
-                            say(&format!("PACT: /run/pact/ready: {e}"));
+                            say(&format!("PACT: {}: {e}", run_dir.join("ready").display()));
                         }
                         for (name, d) in &phases {
                             say(&format!("PACT-BOOT phase={name} ms={}", d.as_millis()));
@@ -465,6 +501,14 @@ fn start_api(cfg: &AgentConfig, shared: &Arc<api::Shared>, link: boot::Link<Even
     };
     let auth = api::Auth::from_config(cfg.shell_auth.as_ref());
     let described = auth.describe();
+    let prefetch = auth.clone();
+    // The JWKS ahead of the first token, off the boot path (a failure only means the first
+    // token fetches it).
+    let _ = std::thread::Builder::new().name("jwks".into()).spawn(move || match prefetch.prefetch() {
+        Some(Ok(n)) => say(&format!("PACT: api: token keys: {n} key(s) from the issuer's JWKS")),
+        Some(Err(e)) => say(&format!("PACT: api: token keys: {e}; fetching again when a token needs them")),
+        None => {}
+    });
     let server = api::Server {
         tls,
         auth,

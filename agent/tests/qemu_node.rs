@@ -18,7 +18,9 @@
 //! 4. At `PACT-READY` the test asks the node's API from the host over real TLS: `ServiceControl`
 //!    status (a and b running, with the pids the console reported), then `Power` poweroff (exit
 //!    code 0 once scheduled). QEMU must then exit by itself, status 0 (a clean power-off, the
-//!    services stopped b before a). The kernel parameter `pact.test_poweroff_after_ready=1`
+//!    services stopped b before a). The initramfs node also loads the kernel's software
+//!    watchdog (`build-image.sh --softdog 3`) and is held up 8 s after ready: the agent must arm
+//!    it and keep petting it, or the node resets. The kernel parameter `pact.test_poweroff_after_ready=1`
 //!    still powers a node off by itself, for manual runs; the test uses the API.
 //!
 //! Without qemu-system-x86_64 or a kernel (images/node/fetch-kernel.sh needs apt and the package
@@ -30,16 +32,17 @@
 //! boot is kept in the test's temp dir with the host's time before each line, and its tail is
 //! printed when the test fails.
 
+mod support;
+
 use pact_proto::auth::HmacVerifier;
 use pact_proto::client::Client;
 use pact_proto::shell::{exec_output, ExecOutput, PowerRequest, ServiceControlRequest, ServiceControlResponse};
 use pact_proto::Method;
-use std::io::BufRead;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use support::{bin, free_port, hostname, poll, run_ok, terminate, Console, Journal, TempDir, TestCa};
 
 /// Per boot: QEMU is killed past this (run-qemu.sh's own limit), the test gives up a little later.
 const BOOT_TIMEOUT_S: u64 = 120;
@@ -72,57 +75,12 @@ fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file())).unwrap_or(false)
 }
 
-/// A binary of this workspace's build, next to the test's own target dir.
-fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build it first (`cargo build --workspace`; images/dev/test.sh does)",
-        p.display()
-    );
-    p
-}
-
 fn agent_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("PACT_NODE_AGENT") {
         // cargo runs tests in the package's directory: a relative path is the workspace's.
         return repo_root().join(p);
     }
-    match option_env!("CARGO_BIN_EXE_pact-agent") {
-        Some(p) => PathBuf::from(p),
-        None => workspace_bin("pact-agent"),
-    }
-}
-
-/// A loopback port nobody listens on, below the ephemeral range, distinct within this process.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ =
-        NEXT.compare_exchange(0, 20_000 + (std::process::id() % 500) as u16 * 20, Ordering::SeqCst, Ordering::SeqCst);
-    loop {
-        let p = NEXT.fetch_add(1, Ordering::SeqCst);
-        assert!(p < 32_000, "ran out of test ports");
-        if TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
-            return p;
-        }
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pact-qemu-{name}-{}-{}", std::process::id(), free_port()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Runs a command to completion; panics with its output when it fails.
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{what} failed ({}):\n{text}", out.status);
-    text
+    bin("pact-agent")
 }
 
 /// What the node needs from the host, or why the test cannot run here.
@@ -153,101 +111,6 @@ fn prereqs() -> Result<Prereqs, String> {
     }
     let kernel = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or("").trim().to_string();
     Ok(Prereqs { kernel: PathBuf::from(kernel) })
-}
-
-/// `pact-journal --dev` on free loopback ports, killed on drop.
-struct Journal {
-    dir: PathBuf,
-    port: u16,
-    child: Child,
-}
-
-impl Journal {
-    fn start(dir: &Path) -> Journal {
-        let port = free_port();
-        let log = std::fs::File::create(dir.join("journal.log")).unwrap();
-        let child = Command::new(workspace_bin("pact-journal"))
-            .arg("--dev")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--metrics-listen")
-            .arg(format!("127.0.0.1:{}", free_port()))
-            .arg("--raft-listen")
-            .arg(format!("127.0.0.1:{}", free_port()))
-            .env_remove("PACT_JOURNAL_CONFIG")
-            .env_remove("PACT_OIDC_HMAC_SECRET")
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start pact-journal");
-        let mut j = Journal { dir: dir.to_path_buf(), port, child };
-        j.wait_ready();
-        j
-    }
-
-    fn dev(&self, file: &str) -> PathBuf {
-        self.dir.join("data/dev").join(file)
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("pact-journal exited with {st}: {}", self.log());
-            }
-            let ready = (|| {
-                let token = std::fs::read_to_string(self.dev("admin.token")).ok()?;
-                let tls = pact_proto::tls::client_config(&self.dev("ca.crt")).ok()?;
-                let mut c = pact_proto::client::Client::connect(
-                    &format!("127.0.0.1:{}", self.port),
-                    tls,
-                    token.trim(),
-                    Duration::from_secs(5),
-                )
-                .ok()?;
-                let st: pact_proto::journal::JournalStatus =
-                    c.call(pact_proto::Method::JournalStatus, &pact_proto::journal::JournalStatusRequest {}).ok()?;
-                Some(st.leader_id != 0)
-            })();
-            if ready == Some(true) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "journal not ready in 30 s: {}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("journal.log")).unwrap_or_default()
-    }
-
-    /// The real CLI against this journal.
-    fn pact(&self, args: &[&str]) -> String {
-        let token = std::fs::read_to_string(self.dev("admin.token")).unwrap();
-        let mut cmd = Command::new(workspace_bin("pact"));
-        cmd.arg("--endpoint")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--ca-cert")
-            .arg(self.dev("ca.crt"))
-            .arg("--token")
-            .arg(token.trim())
-            .args(args)
-            .env("HOME", &self.dir)
-            .current_dir(&self.dir);
-        for v in ["PACT_ENDPOINT", "PACT_TOKEN", "PACT_TLS_CA", "PACT_VCLUSTER", "PACT_OUTPUT"] {
-            cmd.env_remove(v);
-        }
-        run(&mut cmd, &format!("pact {}", args.join(" ")))
-    }
-}
-
-impl Drop for Journal {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The overlay: one item of each kind the issue names. The services run /bin/sleep (copied into
@@ -288,11 +151,6 @@ order = 2
     )
 }
 
-/// The host's hostname: the journal's development certificate names it (journal/src/pki.rs).
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
-}
-
 /// How the test reaches the node's API server: a CA it made (the node's certificate is signed by
 /// it) and the host port forwarded to the node's 9445 (chosen at each boot).
 struct Api {
@@ -302,27 +160,19 @@ struct Api {
 /// A CA (`dir/api-ca.crt`, trusted by the test only) and the node's certificate for `node-001`
 /// signed by it (`input/agent.crt`, `input/agent.key`, which go into the image).
 fn node_certificate(dir: &Path, input: &Path) -> Api {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "pact QEMU test CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec![NODE.to_string()]).unwrap();
-    leaf.distinguished_name.push(DnType::CommonName, NODE);
-    let cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
-    std::fs::write(input.join("agent.crt"), cert.pem()).unwrap();
-    std::fs::write(input.join("agent.key"), key.serialize_pem()).unwrap();
-    let ca = dir.join("api-ca.crt");
-    std::fs::write(&ca, ca_cert.pem()).unwrap();
-    Api { ca }
+    let ca = TestCa::new("pact QEMU test CA");
+    let (cert, key) = ca.issue(&[NODE], NODE);
+    std::fs::write(input.join("agent.crt"), cert).unwrap();
+    std::fs::write(input.join("agent.key"), key).unwrap();
+    let path = dir.join("api-ca.crt");
+    std::fs::write(&path, &ca.pem).unwrap();
+    Api { ca: path }
 }
 
 /// A journal holding the test overlay, the image input dir pointing the node at it, and how to
 /// reach the node's API.
 fn journal_with_overlay(dir: &Path) -> (Journal, PathBuf, Api) {
-    let host = host_name();
+    let host = hostname();
     assert!(
         !host.is_empty() && host != "localhost" && host.parse::<std::net::IpAddr>().is_err(),
         "this test needs a host name other than localhost (the node reaches the journal under it); have {host:?}"
@@ -359,18 +209,16 @@ fn journal_with_overlay(dir: &Path) -> (Journal, PathBuf, Api) {
 fn api_client(api: &Api, port: u16) -> Result<Client, String> {
     let tls = pact_proto::tls::client_config(&api.ca).map_err(|e| e.to_string())?;
     let token = HmacVerifier::new(API_SECRET.as_bytes(), API_ISSUER, API_AUDIENCE).mint("qemu-test", API_ROLE, 600)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let mut last = String::new();
+    poll(Duration::from_secs(30), Duration::from_millis(200), || {
         let t = Duration::from_secs(10);
-        let r = pact_proto::client::connect_tcp(&format!("127.0.0.1:{port}"), t)
+        pact_proto::client::connect_tcp(&format!("127.0.0.1:{port}"), t)
             .and_then(|tcp| pact_proto::client::tls_over(tcp, &format!("{NODE}:9445"), tls.clone(), t))
-            .and_then(|s| Client::over(s, NODE, &token));
-        match r {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() > deadline => return Err(format!("the node's API on 127.0.0.1:{port}: {e}")),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
+            .and_then(|s| Client::over(s, NODE, &token))
+            .map_err(|e| last = e.to_string())
+            .ok()
+    })
+    .ok_or_else(|| format!("the node's API on 127.0.0.1:{port}: {last}"))
 }
 
 /// Once the node is ready: the status of every service, then a clean power-off, both through
@@ -389,16 +237,19 @@ fn status_then_poweroff(api: &Api, port: u16) -> Result<ServiceControlResponse, 
     Ok(status)
 }
 
-fn build_image(p: &Prereqs, input: &Path, out: &Path, squashfs: bool) {
+fn build_image(p: &Prereqs, input: &Path, out: &Path, squashfs: bool, softdog: Option<u32>) {
     let mut cmd = Command::new(repo_root().join("images/node/build-image.sh"));
     cmd.arg("--agent").arg(agent_bin()).arg("--out").arg(out).arg("--input").arg(input).arg("--kernel").arg(&p.kernel);
     cmd.args(["--extra", "/bin/sleep"]);
     if squashfs {
         cmd.arg("--squashfs");
     }
+    if let Some(secs) = softdog {
+        cmd.arg("--softdog").arg(secs.to_string());
+    }
     let t = Instant::now();
-    let text = run(&mut cmd, "build-image.sh");
-    println!("{} [{:.1} s]", text.trim(), t.elapsed().as_secs_f64());
+    let (stdout, stderr) = run_ok(&mut cmd, "build-image.sh");
+    println!("{} [{:.1} s]", format!("{stdout}{stderr}").trim(), t.elapsed().as_secs_f64());
 }
 
 /// What one boot gave: the console's lines, QEMU's exit status, the wall time, and the status
@@ -410,10 +261,17 @@ struct Boot {
     api_status: ServiceControlResponse,
 }
 
-/// Ends QEMU (run-qemu.sh exec'd `timeout`, which passes SIGTERM on to QEMU).
+/// The end of a boot's console, for a failure message.
+fn console_tail(lines: &[String], log: &Path) -> String {
+    let tail = &lines[lines.len().saturating_sub(150)..];
+    format!("console, last {} lines (all in {}):\n{}", tail.len(), log.display(), tail.join("\n"))
+}
+
+/// Ends QEMU (run-qemu.sh exec'd `timeout`, which passes SIGTERM on to QEMU): SIGKILL if it
+/// has not ended 5 s after SIGTERM.
 fn kill_qemu(child: &mut Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    std::thread::sleep(Duration::from_secs(5));
+    terminate(child.id());
+    let _ = poll(Duration::from_secs(5), Duration::from_millis(100), || child.try_wait().ok().flatten());
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -422,7 +280,9 @@ fn kill_qemu(child: &mut Child) {
 /// arrival); at `PACT-READY`, the API's status and power-off request (`status_then_poweroff`,
 /// on a thread of its own while the console keeps being read). Fails the test if the API calls
 /// fail or QEMU does not exit by itself in time.
-fn boot(image: &Path, append: &str, log: &Path, api: &Api) -> Boot {
+/// `hold`: how long the node stays up after PACT-READY before the test asks it for its status
+/// and the power-off (long enough for a watchdog that is not petted to fire).
+fn boot(image: &Path, append: &str, log: &Path, api: &Api, hold: Duration) -> Boot {
     let t0 = Instant::now();
     let api_port = free_port();
     let mut child = Command::new(repo_root().join("images/node/run-qemu.sh"))
@@ -441,36 +301,13 @@ fn boot(image: &Path, append: &str, log: &Path, api: &Api) -> Boot {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run-qemu.sh");
-    let (tx, rx) = mpsc::channel::<String>();
-    for stream in [
-        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stderr.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            let mut r = std::io::BufReader::new(stream);
-            let mut buf = Vec::new();
-            while r.read_until(b'\n', &mut buf).map(|n| n > 0).unwrap_or(false) {
-                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']).to_string();
-                if tx.send(line).is_err() {
-                    return;
-                }
-                buf.clear();
-            }
-        });
-    }
-    drop(tx);
+    let mut console = Console::of(&mut child);
     let deadline = t0 + Duration::from_secs(BOOT_TIMEOUT_S + 15);
-    let mut lines = Vec::new();
     let mut file = std::fs::File::create(log).unwrap();
     let mut api_call: Option<mpsc::Receiver<Result<ServiceControlResponse, String>>> = None;
     let mut api_status = None;
-    let console_tail = |lines: &[String]| {
-        let tail = &lines[lines.len().saturating_sub(150)..];
-        format!("console, last {} lines (all in {}):\n{}", tail.len(), log.display(), tail.join("\n"))
-    };
     loop {
-        let got = rx.recv_timeout(Duration::from_millis(200));
+        let got = console.recv(Duration::from_millis(200));
         if let Ok(l) = &got {
             use std::io::Write;
             // The log carries the host's clock (seconds since QEMU started) before each line.
@@ -479,6 +316,7 @@ fn boot(image: &Path, append: &str, log: &Path, api: &Api) -> Boot {
                 let (tx, rx) = mpsc::channel();
                 let (ca, port) = (Api { ca: api.ca.clone() }, api_port);
                 std::thread::spawn(move || {
+                    std::thread::sleep(hold);
                     let _ = tx.send(status_then_poweroff(&ca, port));
                 });
                 api_call = Some(rx);
@@ -489,37 +327,35 @@ fn boot(image: &Path, append: &str, log: &Path, api: &Api) -> Boot {
                 Ok(st) => api_status = Some(st),
                 Err(why) => {
                     kill_qemu(&mut child);
-                    panic!("{why}\n{}", console_tail(&lines));
+                    panic!("{why}\n{}", console_tail(&console.seen, log));
                 }
             }
         }
         match got {
-            Ok(l) => lines.push(l),
+            Ok(_) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() > deadline => {
                 kill_qemu(&mut child);
-                let tail = &lines[lines.len().saturating_sub(150)..];
                 panic!(
-                    "QEMU still running {} s after start; console, last {} lines (all in {}):\n{}",
+                    "QEMU still running {} s after start; {}",
                     BOOT_TIMEOUT_S + 15,
-                    tail.len(),
-                    log.display(),
-                    tail.join("\n")
+                    console_tail(&console.seen, log)
                 );
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
     }
     let status = child.wait().unwrap();
+    let lines = console.seen;
     let took = t0.elapsed();
     let api_status = match (api_status, api_call) {
         (Some(st), _) => st,
         (None, Some(c)) => match c.recv_timeout(Duration::from_secs(30)) {
             Ok(Ok(st)) => st,
-            Ok(Err(why)) => panic!("{why}\n{}", console_tail(&lines)),
-            Err(_) => panic!("the API calls did not finish after QEMU exited\n{}", console_tail(&lines)),
+            Ok(Err(why)) => panic!("{why}\n{}", console_tail(&lines, log)),
+            Err(_) => panic!("the API calls did not finish after QEMU exited\n{}", console_tail(&lines, log)),
         },
-        (None, None) => panic!("QEMU exited ({status}) before the node was ready\n{}", console_tail(&lines)),
+        (None, None) => panic!("QEMU exited ({status}) before the node was ready\n{}", console_tail(&lines, log)),
     };
     Boot { lines, exit: status.code(), took, api_status }
 }
@@ -565,12 +401,26 @@ fn kernel_messages_are_cut_out_of_agent_lines() {
 
 /// Checks every effect from the console of a boot and the API's answers; panics with the
 /// console on any miss.
-fn check_node(boot: &Boot, log: &Path) {
+fn check_node(boot: &Boot, log: &Path, softdog: Option<u32>) {
     let (lines, exit) = (&boot.lines[..], boot.exit);
-    let fail = |why: String| -> ! {
-        let tail = &lines[lines.len().saturating_sub(150)..];
-        panic!("{why}\nconsole, last {} lines (all in {}):\n{}", tail.len(), log.display(), tail.join("\n"))
-    };
+    let fail = |why: String| -> ! { panic!("{why}\n{}", console_tail(lines, log)) };
+
+    // The watchdog: armed by the agent as PID 1, petted at a third of its timeout through the
+    // whole boot and the hold after ready (longer than the timeout), and never fired: a reset
+    // would show the kernel's message, a second boot, or a failed API call.
+    if let Some(secs) = softdog {
+        let want = format!("PACT: watchdog /dev/watchdog: timeout {secs} s, petted every {} ms", secs * 1000 / 3);
+        if !lines.iter().any(|l| l.contains(&want)) {
+            fail(format!("no console line {want:?}"));
+        }
+        if lines.iter().any(|l| l.contains("Initiating system reboot")) {
+            fail("the watchdog fired".into());
+        }
+        if tagged(lines, "PACT-READY").len() != 1 {
+            fail("PACT-READY more than once: the node was reset".into());
+        }
+        println!("  watchdog: {want:?}, no reset");
+    }
 
     if lines.iter().any(|l| l.contains("Kernel panic")) {
         fail("the kernel panicked (did PID 1 exit?)".into());
@@ -723,34 +573,39 @@ fn check_node(boot: &Boot, log: &Path) {
 const APPEND: &str = "pact.test_check=sysctl:vm.swappiness,file:/etc/motd,mount:/scratch,service:a,service:b,\
 cgroup:a:memory.max,cgroup:a:pids.max,cgroup:a:cpu.weight,stat:/etc/motd";
 
-fn node_test(name: &str, squashfs: bool) {
+/// The initramfs node also carries the kernel's software watchdog with this timeout, and is
+/// held up after ready for [`WATCHDOG_HOLD`].
+const SOFTDOG_SECS: u32 = 3;
+const WATCHDOG_HOLD: Duration = Duration::from_secs(8);
+
+fn node_test(name: &str, squashfs: bool, softdog: Option<u32>) {
     let p = match prereqs() {
         Ok(p) => p,
         Err(reason) => return unavailable(&reason),
     };
-    let dir = temp_dir(name);
+    let dir = TempDir::new(&format!("qemu-{name}"));
     let (journal, input, api) = journal_with_overlay(&dir);
     let image = dir.join("image");
-    build_image(&p, &input, &image, squashfs);
+    build_image(&p, &input, &image, squashfs, softdog);
     let log = dir.join("console.log");
-    let b = boot(&image, APPEND, &log, &api);
+    let hold = if softdog.is_some() { WATCHDOG_HOLD } else { Duration::ZERO };
+    let b = boot(&image, APPEND, &log, &api, hold);
     println!(
         "boot ({name}): QEMU exited {:?} after {:.1} s; console in {}",
         b.exit,
         b.took.as_secs_f64(),
         log.display()
     );
-    check_node(&b, &log);
+    check_node(&b, &log, softdog);
     drop(journal);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn node_boots_from_initramfs_and_applies_its_overlay() {
-    node_test("initramfs", false);
+    node_test("initramfs", false, Some(SOFTDOG_SECS));
 }
 
 #[test]
 fn node_boots_with_squashfs_root_and_applies_its_overlay() {
-    node_test("squashfs", true);
+    node_test("squashfs", true, None);
 }

@@ -89,6 +89,7 @@ impl Env {
             backoff_reset: Duration::from_secs(10),
             systemd_unit_dir: self.tmp.join("units"),
             systemctl: PathBuf::from("systemctl"),
+            cgroups_optional: false,
         }
     }
 

@@ -4,6 +4,7 @@
 #
 #   images/node/build-image.sh [--agent PATH] [--out DIR] [--input DIR] [--squashfs]
 #                              [--kernel DIR] [--extra PATH]... [--compress zstd|gzip|none]
+#                              [--softdog SECS]
 #
 #   --agent PATH   the agent binary (default target/debug/pact-agent); a stripped copy goes in
 #   --out DIR      where the image goes (default target/node-image, or target/node-image-squashfs)
@@ -23,6 +24,10 @@
 #   --extra PATH   also copy this host binary, at the same path, with the libraries ldd names
 #   --compress     the initramfs's compression (default zstd when the zstd tool is there, else
 #                  gzip; the kernel has both built in)
+#   --softdog SECS load the kernel's software watchdog (softdog, soft_margin=SECS) early, so the
+#                  node has a /dev/watchdog that the agent, as PID 1, arms and pets (a third of
+#                  the timeout); a node whose agent stops petting resets. For machines without a
+#                  hardware watchdog driver in the image, and for the QEMU test.
 #
 # Writes DIR/vmlinuz, DIR/initrd.img, DIR/root.squashfs (--squashfs) and DIR/image.env (what
 # run-qemu.sh reads: KERNEL, INITRD, DISK, APPEND). Needs no root: the one device node
@@ -37,6 +42,7 @@ SQUASHFS=0
 KERNEL=""
 EXTRAS=()
 COMPRESS=""
+SOFTDOG=""
 
 die() { echo "build-image: $*" >&2; exit 1; }
 while [ $# -gt 0 ]; do
@@ -48,6 +54,7 @@ while [ $# -gt 0 ]; do
     --kernel) KERNEL=$2; shift 2 ;;
     --extra) EXTRAS+=("$2"); shift 2 ;;
     --compress) COMPRESS=$2; shift 2 ;;
+    --softdog) SOFTDOG=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
@@ -55,6 +62,7 @@ done
 [ -n "$OUT" ] || OUT=$TARGET/node-image$([ $SQUASHFS = 1 ] && echo -squashfs)
 [ -x "$AGENT" ] || die "no agent binary at $AGENT (cargo build -p pact-agent)"
 [ -z "$INPUT" ] || [ -d "$INPUT" ] || die "--input $INPUT is not a directory"
+case $SOFTDOG in ''|*[!0-9]*) [ -z "$SOFTDOG" ] || die "--softdog $SOFTDOG: expected whole seconds" ;; esac
 if [ -z "$COMPRESS" ]; then
   if command -v zstd >/dev/null 2>&1; then COMPRESS=zstd; else COMPRESS=gzip; fi
 fi
@@ -131,6 +139,23 @@ add_modules() {
   done
 }
 
+# add_softdog ROOT: the watchdog modules into ROOT, appended to its early-modules, softdog with
+# soft_margin=$SOFTDOG (nothing without --softdog)
+add_softdog() {
+  local r=$1 m
+  [ -n "$SOFTDOG" ] || return 0
+  [ -f "$KERNEL/modules.watchdog" ] || die "$KERNEL has no modules.watchdog (run images/node/fetch-kernel.sh again)"
+  while read -r m; do
+    [ -n "$m" ] || continue
+    mkdir -p "$r$(dirname "$m")"
+    cp "$KERNEL$m" "$r$m"
+    case $m in
+      */softdog.ko) echo "$m soft_margin=$SOFTDOG" >>"$r/etc/pact/early-modules" ;;
+      *) echo "$m" >>"$r/etc/pact/early-modules" ;;
+    esac
+  done <"$KERNEL/modules.watchdog"
+}
+
 # newc_node NAME MODE MAJOR MINOR: one cpio "newc" entry with no data (a directory or device)
 newc_node() {
   local name=$1 mode=$2 major=$3 minor=$4 namesize pad
@@ -179,6 +204,7 @@ if [ $SQUASHFS = 0 ]; then
   # the agent itself is /init (a symlink would do for the kernel, but a file is what people expect)
   ln "$ROOT/usr/sbin/pact-agent" "$ROOT/init"
   add_modules "$ROOT" "$KERNEL/modules.net"
+  add_softdog "$ROOT"
   make_initramfs "$ROOT" "$OUT/initrd.img"
   DISK=""
   APPEND=""
@@ -187,6 +213,7 @@ else
   # list after a switch, since the initramfs stage loaded it and configured the network; a
   # module loaded already would answer EEXIST, which is success).
   add_modules "$ROOT" "$KERNEL/modules.net"
+  add_softdog "$ROOT"
   mksquashfs "$ROOT" "$OUT/root.squashfs" -quiet -noappend -all-root -comp gzip \
     -p "dev/console c 0600 0 0 5 1" >/dev/null
   # The initramfs: the agent as /init, its libraries, and the modules of the network and of

@@ -5,6 +5,7 @@
 #   target/node-kernel/<kver>/lib/modules/<kver>/kernel/.../<module>.ko   (uncompressed)
 #   target/node-kernel/<kver>/modules.net       the virtio_net chain, in load order, one path a line
 #   target/node-kernel/<kver>/modules.root      virtio_blk squashfs loop overlay (SquashFS root)
+#   target/node-kernel/<kver>/modules.watchdog  watchdog softdog (build-image.sh --softdog)
 #   target/node-kernel/current                  the <kver> last fetched
 #
 # The meta package (linux-image-cloud-amd64, or $PACT_NODE_KERNEL_PACKAGE) names the versioned
@@ -22,8 +23,13 @@ BASE=$TARGET/node-kernel
 META=${PACT_NODE_KERNEL_PACKAGE:-linux-image-cloud-amd64}
 NET_MODULES="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net"
 ROOT_MODULES="virtio_blk squashfs loop overlay"
+# The cloud kernel has no emulated hardware watchdog driver (i6300esb): softdog is the kernel's
+# own, a real /dev/watchdog that resets the machine when nobody writes to it.
+WATCHDOG_MODULES="watchdog softdog"
 
 say() { echo "fetch-kernel: $*" >&2; }
+# complete DIR: a finished cache with every list this version of the script makes
+complete() { [ -f "$1/.complete" ] && [ -f "$1/modules.watchdog" ]; }
 
 resolve() {
   command -v apt-cache >/dev/null 2>&1 || return 1
@@ -31,7 +37,7 @@ resolve() {
 }
 
 fallback() {
-  if [ -f "$BASE/current" ] && [ -f "$BASE/$(cat "$BASE/current")/.complete" ]; then
+  if [ -f "$BASE/current" ] && complete "$BASE/$(cat "$BASE/current")"; then
     say "$1; using the cached kernel $(cat "$BASE/current")"
     echo "$BASE/$(cat "$BASE/current")"
     exit 0
@@ -49,7 +55,7 @@ fi
 [ -n "$PKG" ] || fallback "cannot resolve $META with apt-cache"
 KVER=${PKG#linux-image-}
 DIR=$BASE/$KVER
-if [ -f "$DIR/.complete" ]; then
+if complete "$DIR"; then
   echo "$KVER" >"$BASE/current"
   echo "$DIR"
   exit 0
@@ -119,6 +125,7 @@ copy_list() {
 }
 copy_list "$NET_MODULES" "$DIR.partial/modules.net"
 copy_list "$ROOT_MODULES" "$DIR.partial/modules.root"
+copy_list "$WATCHDOG_MODULES" "$DIR.partial/modules.watchdog"
 echo "$KVER" >"$DIR.partial/version"
 touch "$DIR.partial/.complete"
 rm -rf "$DIR"

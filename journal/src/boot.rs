@@ -221,6 +221,10 @@ pub async fn stream_boot<S: AsyncWrite + Unpin>(
     if let Err(e) = shard.wait_stored().await {
         return answer_error(shard, io, m, id, e).await;
     }
+    if let Err(e) = crate::rpc::authenticate(shard, &req.bearer_token).await {
+        Shared::inc(&shared.boot_stream_errors_total);
+        return answer_error(shard, io, m, id, e).await;
+    }
     let plan = match plan_boot(shard, req) {
         Ok(p) => p,
         Err(e) => {
@@ -273,8 +277,8 @@ struct BootPlan {
     last_known_node_version: Option<u64>,
 }
 
+/// After [`crate::rpc::authenticate`].
 fn plan_boot(shard: &ShardRef, req: &Request) -> Result<BootPlan, RemoteError> {
-    crate::rpc::authenticate(shard, &req.bearer_token)?;
     let r = BootConfigRequest::decode(&req.body[..])
         .map_err(|e| err(ErrorCode::InvalidArgument, format!("StreamBootConfig request does not decode: {e}")))?;
     validate_id(&r.node_id, "node_id").map_err(|m| err(ErrorCode::InvalidArgument, m))?;
@@ -570,6 +574,9 @@ pub async fn subscribe<S: AsyncWrite + Unpin>(
     if let Err(e) = shard.wait_stored().await {
         return answer_error(shard, io, m, id, e).await;
     }
+    if let Err(e) = crate::rpc::authenticate(shard, &req.bearer_token).await {
+        return answer_error(shard, io, m, id, e).await;
+    }
     let (sub, rx, mut last) = match open_subscription(shard, req) {
         Ok(x) => x,
         Err(e) => return answer_error(shard, io, m, id, e).await,
@@ -583,8 +590,8 @@ pub async fn subscribe<S: AsyncWrite + Unpin>(
 
 type Opened = (Rc<Subscriber>, LocalReceiver<ConfigUpdate>, u64);
 
+/// After [`crate::rpc::authenticate`].
 fn open_subscription(shard: &ShardRef, req: &Request) -> Result<Opened, RemoteError> {
-    crate::rpc::authenticate(shard, &req.bearer_token)?;
     let r = SubscribeRequest::decode(&req.body[..])
         .map_err(|e| err(ErrorCode::InvalidArgument, format!("SubscribeConfigUpdates request does not decode: {e}")))?;
     if !r.node_id.is_empty() {

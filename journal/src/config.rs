@@ -70,8 +70,9 @@ Options:
   -h, --help             print this help and exit
   -V, --version          print the version and exit
 
-Other environment: PACT_OIDC_ISSUER, PACT_OIDC_AUDIENCE, PACT_OIDC_HMAC_SECRET (over
-[policy.iam] oidc_issuer, oidc_audience, hmac_secret).
+Other environment: PACT_OIDC_ISSUER, PACT_OIDC_AUDIENCE, PACT_OIDC_JWKS_URL,
+PACT_OIDC_HMAC_SECRET (over [policy.iam] oidc_issuer, oidc_audience, jwks_url, hmac_secret);
+PACT_OIDC_CA_BUNDLE: the CA bundle for https fetches from the IdP (default: the system's).
 Precedence: flag > environment > file > default.
 ";
 
@@ -356,7 +357,8 @@ pub struct EnrollmentConfig {
 }
 
 /// `[policy.iam]`, with `PACT_OIDC_*` applied. Tokens are verified against issuer, audience
-/// and the HMAC secret; `jwks_url` is not used yet.
+/// and their signature: RS256/ES256 against the JWKS (`jwks_url`, else the issuer's discovery
+/// document when the issuer is a URL), HS256 against the HMAC secret when one is set.
 #[derive(Clone, PartialEq, Eq)]
 pub struct IamConfig {
     pub oidc_issuer: Option<String>,
@@ -447,6 +449,8 @@ pub struct JournalConfig {
     /// Settings that were given but whose feature is not implemented yet, one line each
     /// (e.g. "journal.enrollment.*"); the binary should warn about each.
     pub not_yet_active: Vec<String>,
+    /// `--check` with no node id and several journals listed: the ids it must be valid as.
+    pub check_as_each: Vec<u64>,
 }
 
 /// Reads the configuration: which file (`--config`, else `PACT_JOURNAL_CONFIG`, else
@@ -520,6 +524,7 @@ fn load_with_default(
         learner: flags.learner,
         dev: flags.dev,
         not_yet_active: Vec::new(),
+        check_as_each: Vec::new(),
     };
     // Where members came from, for errors that point at them after the file is closed.
     let mut members_at: Option<(String, Option<usize>)> = None;
@@ -602,6 +607,12 @@ fn load_with_default(
     if let Some(v) = env("PACT_OIDC_AUDIENCE") {
         iam.oidc_audience = Some(v);
     }
+    if let Some(v) = env("PACT_OIDC_JWKS_URL") {
+        if !(v.starts_with("https://") || v.starts_with("http://")) {
+            return Err(ConfigError::env("PACT_OIDC_JWKS_URL", format!("expected an http(s) URL, found {v:?}")));
+        }
+        iam.jwks_url = Some(v);
+    }
     let from_env = env("PACT_OIDC_HMAC_SECRET");
     if let Some(v) = from_env.clone() {
         iam.hmac_secret = Some(v);
@@ -670,6 +681,11 @@ fn load_with_default(
         (*known_ids.iter().next().expect("one id"), "")
     } else if flags.dev && known_ids.is_empty() {
         (1, "")
+    } else if flags.check && known_ids.len() > 1 {
+        // The guide's journal.toml is the same file on every journal, with the id from the
+        // environment: `--check` without an id validates it as each listed journal in turn.
+        cfg.check_as_each = known_ids.iter().copied().collect();
+        (*known_ids.iter().next().expect("several ids"), "")
     } else {
         let mut message = "node id not set: pass --node-id or set PACT_JOURNAL_NODE_ID".to_string();
         if known_ids.len() > 1 {
@@ -856,9 +872,6 @@ fn read_file(
             c.oidc_audience = non_empty(&iam, "oidc_audience")?;
             c.jwks_url = url(&iam, "jwks_url")?;
             c.hmac_secret = non_empty(&iam, "hmac_secret")?;
-            if c.jwks_url.is_some() {
-                inactive.push("policy.iam.jwks_url".to_string());
-            }
         }
         if let Some(e) = p.section("engine")? {
             e.check_keys(&["type", "opa_endpoint"])?;
@@ -1156,7 +1169,6 @@ prometheus_enabled = false
             cfg.not_yet_active,
             vec![
                 "journal.enrollment.cert_lifetime_seconds/rate_limit_per_minute/heartbeat_timeout_seconds",
-                "policy.iam.jwks_url",
                 "policy.federation.*"
             ]
         );

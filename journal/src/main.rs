@@ -20,7 +20,7 @@ use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 use pact_journal::shard::{Outcome, Proposal, ProposalTx, Shard};
 use pact_journal::shared::Shared;
 use pact_journal::store::Store;
-use pact_proto::auth::{HmacVerifier, DEFAULT_AUDIENCE};
+use pact_proto::auth::{HmacVerifier, KeySources, TokenVerifier, DEFAULT_AUDIENCE};
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -103,11 +103,25 @@ fn main() -> ExitCode {
         let mut text = String::new();
         let file = cfg.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(no file)".into());
         let metrics = cfg.metrics_listen.map(|a| a.to_string()).unwrap_or_else(|| "(disabled)".into());
+        // A shared file with no id: it must hold for every journal it lists.
+        for &id in &cfg.check_as_each {
+            let as_id = config::Flags { node_id: Some(id), ..(*flags).clone() };
+            let checked = config::load(&as_id, &env).map_err(|e| e.to_string()).and_then(|c| cluster::resolve(&c));
+            if let Err(e) = checked {
+                eprintln!("pact-journal: as journal {id}: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        }
         let _ = writeln!(text, "{file}: configuration OK");
+        let node_id = if cfg.check_as_each.is_empty() {
+            cfg.node_id.to_string()
+        } else {
+            let ids: Vec<String> = cfg.check_as_each.iter().map(u64::to_string).collect();
+            format!("not set (each journal sets PACT_JOURNAL_NODE_ID or --node-id; checked as {})", ids.join(", "))
+        };
         let _ = writeln!(
             text,
-            "  node id {}, listen {}, data dir {}, metrics {metrics}",
-            cfg.node_id,
+            "  node id {node_id}, listen {}, data dir {}, metrics {metrics}",
             cfg.listen_addr,
             cfg.data_dir.display()
         );
@@ -213,7 +227,7 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
         };
         let dev = dev::ensure_dev(
             &cfg.data_dir,
-            &tls_files.ca_cert,
+            &tls_files,
             &endpoint,
             issuer.as_deref(),
             audience.as_deref(),
@@ -232,22 +246,56 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
         eprintln!("   admin.token  a pact-platform-admin token for `{}`, valid 30 days", dev::DEV_ADMIN);
         eprintln!("   ca.crt       the journal's CA certificate");
         eprintln!("   cli.toml     endpoint/token/CA for the `pact` CLI (found from this directory)");
+        eprintln!(
+            "   agent.toml   a local agent as node `{}`, API on {} (with agent.crt/.key/.token)",
+            dev::DEV_NODE,
+            dev::DEV_AGENT_LISTEN
+        );
         eprintln!(" TLS: {} (CA {})", tls_files.server_cert.display(), tls_files.ca_cert.display());
         eprintln!("======================================================================");
     }
     let issuer = issuer.unwrap_or_else(|| if cfg.dev { pact_proto::auth::DEV_ISSUER.into() } else { String::new() });
     let audience = audience.unwrap_or_else(|| DEFAULT_AUDIENCE.into());
-    let verifier = match &secret {
-        Some(s) if !issuer.is_empty() => Some(HmacVerifier::new(s, &issuer, &audience)),
-        Some(_) => {
+    // Key sources: a JWKS from jwks_url, else from the issuer's discovery document when the
+    // issuer is a URL; HS256 when a secret is configured (or --dev made one).
+    let jwks = match &cfg.policy.iam.jwks_url {
+        Some(u) => Some(Some(u.clone())),
+        None if issuer.starts_with("https://") || issuer.starts_with("http://") => Some(None),
+        None => None,
+    };
+    let verifier = match (&secret, &jwks) {
+        (Some(_), _) | (_, Some(_)) if issuer.is_empty() => {
             return Err((
                 EXIT_CONFIG,
-                "an HMAC secret is configured but no issuer: set [policy.iam] oidc_issuer or PACT_OIDC_ISSUER".into(),
+                "a token key source is configured but no issuer: set [policy.iam] oidc_issuer or PACT_OIDC_ISSUER"
+                    .into(),
             ));
         }
-        None => {
-            warn!("no token key source configured (PACT_OIDC_HMAC_SECRET / [policy.iam] hmac_secret / --dev): every request will be refused");
+        (None, None) => {
+            warn!("no token key source configured ([policy.iam] oidc_issuer / jwks_url, PACT_OIDC_HMAC_SECRET / hmac_secret, or --dev): every request will be refused");
             None
+        }
+        _ => {
+            let v = TokenVerifier::new(KeySources {
+                issuer: issuer.clone(),
+                audience: audience.clone(),
+                hmac_secret: secret.clone(),
+                jwks: jwks.clone(),
+                ca_bundle: std::env::var_os("PACT_OIDC_CA_BUNDLE").map(std::path::PathBuf::from),
+            })
+            .map_err(|e| (EXIT_CONFIG, e))?;
+            info!("tokens: {}", v.describe());
+            let v = Arc::new(v);
+            if jwks.is_some() {
+                // Fetch the keys once now, off the start-up path; a failure only means the
+                // first token triggers the fetch.
+                let first = v.clone();
+                let _ = std::thread::Builder::new().name("jwks".into()).spawn(move || match first.refresh() {
+                    Ok(n) => info!("token keys: {n} key(s) from the issuer's JWKS"),
+                    Err(e) => warn!("token keys: {e}; fetching again when a token needs them"),
+                });
+            }
+            Some(v)
         }
     };
 

@@ -18,6 +18,8 @@ pub struct TlsFiles {
     pub ca_cert: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    /// The CA's private key (this journal's own, or the configured cluster CA's).
+    pub ca_key: PathBuf,
     /// Whether the CA is the cluster's (configured) rather than one this journal made.
     pub shared_ca: bool,
 }
@@ -54,6 +56,7 @@ pub fn ensure_tls(
         ca_cert: dir.join("ca.crt"),
         server_cert: dir.join("server.crt"),
         server_key: dir.join("server.key"),
+        ca_key: cluster_ca.map_or_else(|| dir.join("ca.key"), |(_, k)| k.to_path_buf()),
         shared_ca: cluster_ca.is_some(),
     };
     let (ca_pem, ca_key_pem) = match cluster_ca {
@@ -75,30 +78,41 @@ pub fn ensure_tls(
             (read(&cert)?, read(&key)?)
         }
     };
-    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|e| format!("CA key: {e}"))?;
-    let ca_params = CertificateParams::from_ca_cert_pem(&ca_pem).map_err(|e| format!("CA certificate: {e}"))?;
-    // Re-signing the CA's own parameters gives an issuer with the CA's name and key; node
-    // certificates signed with it verify against the original CA certificate.
-    let issuer = ca_params.self_signed(&ca_key).map_err(err)?;
-
     let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into(), raft_name(node_id)];
     for h in hostnames {
         if !h.is_empty() && !names.contains(h) && h != "0.0.0.0" && h != "::" {
             names.push(h.clone());
         }
     }
-    let node_key = KeyPair::generate().map_err(err)?;
-    let mut sp = CertificateParams::new(names).map_err(err)?;
-    sp.distinguished_name.push(DnType::CommonName, format!("pact-journal-{node_id}"));
-    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-    let node_cert = sp.signed_by(&node_key, &issuer, &ca_key).map_err(err)?;
-    write_private(&files.server_key, node_key.serialize_pem().as_bytes())
-        .map_err(|e| format!("{}: {e}", files.server_key.display()))?;
-    fs::write(&files.server_cert, node_cert.pem()).map_err(|e| format!("{}: {e}", files.server_cert.display()))?;
+    let (cert_pem, key_pem) = issue(&ca_pem, &ca_key_pem, &format!("pact-journal-{node_id}"), names)?;
+    write_private(&files.server_key, key_pem.as_bytes()).map_err(|e| format!("{}: {e}", files.server_key.display()))?;
+    fs::write(&files.server_cert, cert_pem).map_err(|e| format!("{}: {e}", files.server_cert.display()))?;
     if cluster_ca.is_some() {
         fs::write(&files.ca_cert, &ca_pem).map_err(|e| format!("{}: {e}", files.ca_cert.display()))?;
     }
     Ok(files)
+}
+
+/// A new key and a certificate for it, signed by the CA, for server and client use:
+/// (certificate PEM, key PEM).
+pub fn issue(
+    ca_pem: &str,
+    ca_key_pem: &str,
+    common_name: &str,
+    names: Vec<String>,
+) -> Result<(String, String), String> {
+    let err = |e: rcgen::Error| format!("generating TLS material: {e}");
+    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(|e| format!("CA key: {e}"))?;
+    let ca_params = CertificateParams::from_ca_cert_pem(ca_pem).map_err(|e| format!("CA certificate: {e}"))?;
+    // Re-signing the CA's own parameters gives an issuer with the CA's name and key; leaf
+    // certificates signed with it verify against the original CA certificate.
+    let issuer = ca_params.self_signed(&ca_key).map_err(err)?;
+    let key = KeyPair::generate().map_err(err)?;
+    let mut sp = CertificateParams::new(names).map_err(err)?;
+    sp.distinguished_name.push(DnType::CommonName, common_name);
+    sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = sp.signed_by(&key, &issuer, &ca_key).map_err(err)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// This machine's hostname (for the node certificate's names).

@@ -4,7 +4,7 @@
 use crate::shard::ShardRef;
 use crate::shared::Shared;
 use crate::state;
-use pact_proto::auth::Caller;
+use pact_proto::auth::{AuthError, Caller};
 use pact_proto::config::{ConfigEntry, Identity, PrincipalType};
 use pact_proto::journal::{
     apply_result, command, AppendEntryRequest, ChangeMembershipRequest, GetEntryRequest, GetNodeStateRequest,
@@ -37,14 +37,28 @@ fn internal(e: impl std::fmt::Display) -> RemoteError {
     err(ErrorCode::Internal, e.to_string())
 }
 
-pub fn authenticate(shard: &ShardRef, token: &str) -> Result<Caller, RemoteError> {
+/// Verifies the request's bearer token. A token signed with a key the cached JWKS does not
+/// hold makes one refresh (rate-limited by the verifier) on the executor's blocking pool, so
+/// the shard keeps serving while the IdP answers.
+pub async fn authenticate(shard: &ShardRef, token: &str) -> Result<Caller, RemoteError> {
     let Some(v) = &shard.verifier else {
         return Err(err(
             ErrorCode::Unauthenticated,
-            "this journal has no token key source configured (set PACT_OIDC_HMAC_SECRET or [policy.iam] hmac_secret, or start with --dev)",
+            "this journal has no token key source configured (set [policy.iam] jwks_url or oidc_issuer for JWKS, or PACT_OIDC_HMAC_SECRET / [policy.iam] hmac_secret, or start with --dev)",
         ));
     };
-    v.verify(token).map_err(|e| err(ErrorCode::Unauthenticated, e.to_string()))
+    let unauthenticated = |e: AuthError| err(ErrorCode::Unauthenticated, e.to_string());
+    match v.verify(token) {
+        Err(AuthError::UnknownKey(_)) => {
+            let fetcher = v.clone();
+            match glommio::executor().spawn_blocking(move || fetcher.refresh()).await {
+                Ok(n) => crate::info!("token keys refreshed: {n} key(s) from the issuer's JWKS"),
+                Err(e) => crate::debug!("token keys not refreshed: {e}"),
+            }
+            v.verify(token).map_err(unauthenticated)
+        }
+        r => r.map_err(unauthenticated),
+    }
 }
 
 fn identity_of(c: &Caller) -> Identity {
@@ -64,7 +78,7 @@ fn is_read(m: Method) -> bool {
 }
 
 pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<Reply, RemoteError> {
-    let caller = authenticate(shard, &req.bearer_token)?;
+    let caller = authenticate(shard, &req.bearer_token).await?;
     let body = &req.body[..];
     if req.linearizable && is_read(method) {
         // Read index: wait until this replica has applied what the leader had committed.

@@ -6,7 +6,7 @@ use crate::shared::Shared;
 use crate::store::Store;
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::channels::shared_channel::ConnectedSender;
-use pact_proto::auth::HmacVerifier;
+use pact_proto::auth::TokenVerifier;
 use pact_proto::config::Timestamp;
 use pact_proto::journal::{command, ApplyResult, Command, Member, MembershipAction, ProposalOrigin};
 use pact_proto::{ErrorCode, RemoteError};
@@ -62,7 +62,7 @@ pub struct Shard {
     pub id: u32,
     pub store: Store,
     pub shared: Arc<Shared>,
-    pub verifier: Option<HmacVerifier>,
+    pub verifier: Option<Arc<TokenVerifier>>,
     pub proposals: ProposalTx,
     /// This shard's overlay cache and subscription feed.
     pub boot: crate::boot::Local,
@@ -75,7 +75,7 @@ impl Shard {
         id: u32,
         store: Store,
         shared: Arc<Shared>,
-        verifier: Option<HmacVerifier>,
+        verifier: Option<Arc<TokenVerifier>>,
         proposals: ProposalTx,
     ) -> Shard {
         Shard {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{free_port, temp_dir, Journal};
+use common::{free_port, temp_dir, Journal, JOURNAL_ENV};
 use pact_proto::auth::HmacVerifier;
 use pact_proto::client::{CallError, Client};
 use pact_proto::config::{scope::Target, ConfigEntry, EntryType, Scope};
@@ -26,21 +26,6 @@ const GUIDE_ISSUER: &str = "https://auth.example.org/realms/hpc";
 const SECRET: &str = "config-cli-test-secret-0123456789abcdef";
 /// How long anything may take before the test gives up (never a timing assertion).
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Every variable the journal reads; each run starts without them so the caller's
-/// environment cannot leak in.
-const JOURNAL_ENV: &[&str] = &[
-    "PACT_JOURNAL_CONFIG",
-    "PACT_JOURNAL_NODE_ID",
-    "PACT_JOURNAL_LISTEN",
-    "PACT_JOURNAL_DATA_DIR",
-    "PACT_JOURNAL_PEERS",
-    "PACT_JOURNAL_METRICS_LISTEN",
-    "PACT_OIDC_ISSUER",
-    "PACT_OIDC_AUDIENCE",
-    "PACT_OIDC_HMAC_SECRET",
-    "PACT_LOG",
-];
 
 fn journal(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pact-journal"));
@@ -241,8 +226,12 @@ fn the_guide_config_passes_check_and_lists_inactive_settings() {
     // The boot stream cap is enforced now, so it is no longer listed as inactive.
     assert!(!notes.iter().any(|n| n.contains("max_concurrent_boot_streams")), "{out}");
 
-    // The guide says the node id comes from the environment: without it, a clear refusal.
-    let (code, _, err) = run_to_exit(journal(&["--config", fs, "--check"], &[]), &dir.0, "check-no-id");
+    // The guide's file is shared and the id comes from the environment: `--check` without an
+    // id validates it as each journal it lists; starting without one is a clear refusal.
+    let (code, out, err) = run_to_exit(journal(&["--config", fs, "--check"], &[]), &dir.0, "check-no-id");
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("node id not set") && out.contains("checked as 1, 2, 3"), "{out}");
+    let (code, _, err) = run_to_exit(journal(&["--config", fs], &[]), &dir.0, "start-no-id");
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("PACT_JOURNAL_NODE_ID"), "{err}");
     // A node id that is not a member.

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod error;
 pub mod frame;
+pub mod httpget;
 pub mod method;
 pub mod tls;
 pub mod tomlcfg;

@@ -94,6 +94,12 @@ pub struct SupervisorConfig {
     pub systemd_unit_dir: PathBuf,
     /// systemd backend: the `systemctl` program (tests point it at a recording stand-in).
     pub systemctl: PathBuf,
+    /// pact backend: when `cgroup_root` cannot be set up (an agent run as an ordinary
+    /// service, as a user or in a container whose cgroup2 is read-only), run services without
+    /// scopes instead of refusing to start: each in its own session and process group, which
+    /// is what stop and kill then act on, with a warning for every declared limit. Never on a
+    /// node: as PID 1 the agent mounts cgroup2 itself and requires it.
+    pub cgroups_optional: bool,
 }
 
 impl SupervisorConfig {
@@ -111,6 +117,7 @@ impl SupervisorConfig {
             backoff_reset: Duration::from_secs(60),
             systemd_unit_dir: PathBuf::from("/run/systemd/system"),
             systemctl: PathBuf::from("systemctl"),
+            cgroups_optional: false,
         }
     }
 }

@@ -115,6 +115,9 @@ pub struct PactBackend {
     leftover_scopes: Vec<PathBuf>,
     next_log_check: Option<Instant>,
     shutting_down: bool,
+    /// False: no usable cgroup2 (`cgroups_optional`); services run in their own process
+    /// groups without scopes or limits.
+    cgroups: bool,
 }
 
 /// Starts done by one `drive`: (service, pid or error).
@@ -122,7 +125,28 @@ type Starts = Vec<(String, Result<i32, String>)>;
 
 impl PactBackend {
     pub fn new(cfg: SupervisorConfig) -> Result<(PactBackend, Vec<String>), Error> {
-        let notes = cgroup::setup(&cfg.cgroup_root).map_err(Error::Setup)?;
+        // Set up is not enough: slices that someone else made may exist but not be ours to
+        // write (an agent run as an ordinary user after one run as root).
+        let usable = |root: &std::path::Path| {
+            cgroup::setup(root).and_then(|notes| {
+                for slice in super::spec::Slice::ALL {
+                    let dir = cgroup::slice_dir(root, slice);
+                    rustix::fs::access(&dir, rustix::fs::Access::WRITE_OK)
+                        .map_err(|e| format!("{} is not writable: {e}", dir.display()))?;
+                }
+                Ok(notes)
+            })
+        };
+        let (notes, cgroups) = match usable(&cfg.cgroup_root) {
+            Ok(notes) => (notes, true),
+            Err(e) if cfg.cgroups_optional => (
+                vec![format!(
+                    "cgroup v2 unavailable ({e}): services run without scopes or limits, each in its own process group"
+                )],
+                false,
+            ),
+            Err(e) => return Err(Error::Setup(e)),
+        };
         std::fs::create_dir_all(&cfg.log_dir)
             .map_err(|e| Error::Setup(format!("create {}: {e}", cfg.log_dir.display())))?;
         let b = PactBackend {
@@ -133,6 +157,7 @@ impl PactBackend {
             leftover_scopes: Vec::new(),
             next_log_check: None,
             shutting_down: false,
+            cgroups,
         };
         Ok((b, notes))
     }
@@ -381,9 +406,11 @@ impl PactBackend {
         let Phase::Stopping { pid, ref mut killed, .. } = s.phase else { return };
         *killed = true;
         let scope = cgroup::scope_dir(&self.cfg.cgroup_root, s.decl.slice, name);
+        let what = if self.cgroups { "its scope" } else { "its process group" };
         let mut line =
-            format!("service {name}: did not stop within {}; SIGKILL to its scope", fmt_dur(self.cfg.stop_grace));
-        if let Err(e) = cgroup::kill_all(&scope) {
+            format!("service {name}: did not stop within {}; SIGKILL to {what}", fmt_dur(self.cfg.stop_grace));
+        let killed = if self.cgroups { cgroup::kill_all(&scope).map_err(|e| e.to_string()) } else { kill_group(pid) };
+        if let Err(e) = killed {
             line.push_str(&format!(" failed ({e}), SIGKILL to pid {pid} only"));
         }
         if let Some(p) = Pid::from_raw(pid) {
@@ -436,6 +463,9 @@ impl PactBackend {
     /// declared but could not be put in effect.
     fn spawn(&self, d: &Decl) -> Result<(i32, Vec<String>), String> {
         let name = d.name();
+        if !self.cgroups {
+            return self.spawn_without_cgroup(d);
+        }
         let scope = self.scope(d);
         match std::fs::create_dir(&scope) {
             Ok(()) => {}
@@ -477,7 +507,7 @@ impl PactBackend {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .current_dir("/");
-        spawn::enter_cgroup_before_exec(&mut cmd, procs);
+        spawn::enter_cgroup_before_exec(&mut cmd, Some(procs));
         match cmd.spawn() {
             Ok(child) => {
                 // Dropping `Child` neither waits nor kills: the reaping is the main loop's
@@ -495,6 +525,45 @@ impl PactBackend {
                 Err(format!("exec {}: {e}", d.spec.binary))
             }
         }
+    }
+
+    /// `cgroups_optional` without a cgroup2: the process in its own session and process
+    /// group, the log as usual, and a warning for each declared limit.
+    fn spawn_without_cgroup(&self, d: &Decl) -> Result<(i32, Vec<String>), String> {
+        let name = d.name();
+        let spec = &d.spec;
+        let declared = [
+            ("memory.max", spec.cgroup_memory_max.is_some()),
+            ("cpu.weight", spec.cgroup_cpu_weight.is_some()),
+            ("io.max", spec.cgroup_io_max.is_some()),
+            ("pids.max", spec.cgroup_pids_max.is_some()),
+        ];
+        let warnings: Vec<String> = declared
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(file, _)| format!("{file} not applied: this agent runs without cgroup v2"))
+            .collect();
+        let log = logs::open(&self.cfg.log_dir, name)
+            .map_err(|e| format!("open log {}: {e}", logs::path(&self.cfg.log_dir, name).display()))?;
+        let log2 = log.try_clone().map_err(|e| format!("dup log: {e}"))?;
+        let mut cmd = Command::new(&spec.binary);
+        cmd.args(&spec.args)
+            .env_clear()
+            .env("PATH", DEFAULT_PATH)
+            .envs(&spec.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .current_dir("/");
+        spawn::enter_cgroup_before_exec(&mut cmd, None);
+        let child = cmd.spawn().map_err(|e| format!("exec {}: {e}", spec.binary))?;
+        let pid = child.id() as i32;
+        logs::note(
+            &self.cfg.log_dir,
+            name,
+            &format!("started pid {pid} (no cgroup): {} {}", spec.binary, spec.args.join(" ")),
+        );
+        Ok((pid, warnings))
     }
 
     /// The next restart delay: base × 2^step, capped at `backoff_max` (never below the
@@ -532,17 +601,22 @@ impl PactBackend {
             Some(e) => format!("service {name}: pid {pid} ended ({e})"),
             None => format!("service {name}: pid {pid} was reaped elsewhere; its exit status is unknown"),
         };
-        if cgroup::populated(&scope) {
-            let n = cgroup::procs(&scope).len();
-            match cgroup::kill_all(&scope) {
-                Ok(()) => line.push_str(&format!("; killed {n} process(es) left in its scope")),
-                Err(e) => line.push_str(&format!("; could not kill what is left in its scope: {e}")),
+        if !self.cgroups {
+            // What it left in its process group goes with it (ESRCH: nothing was left).
+            let _ = kill_group(pid);
+        } else {
+            if cgroup::populated(&scope) {
+                let n = cgroup::procs(&scope).len();
+                match cgroup::kill_all(&scope) {
+                    Ok(()) => line.push_str(&format!("; killed {n} process(es) left in its scope")),
+                    Err(e) => line.push_str(&format!("; could not kill what is left in its scope: {e}")),
+                }
             }
-        }
-        // Killed processes leave asynchronously; rather than wait here, removal is retried
-        // from tick.
-        if cgroup::remove(&scope, Duration::ZERO).is_err() && !self.leftover_scopes.contains(&scope) {
-            self.leftover_scopes.push(scope);
+            // Killed processes leave asynchronously; rather than wait here, removal is retried
+            // from tick.
+            if cgroup::remove(&scope, Duration::ZERO).is_err() && !self.leftover_scopes.contains(&scope) {
+                self.leftover_scopes.push(scope);
+            }
         }
 
         let s = self.services.get_mut(name).expect("checked above");
@@ -812,7 +886,7 @@ impl PactBackend {
             restart_at,
             health: health.0,
             health_checked_at: health.1,
-            cgroup: Some(self.scope(&s.decl)),
+            cgroup: self.cgroups.then(|| self.scope(&s.decl)),
             warnings: s.warnings.clone(),
             detail,
         }
@@ -825,6 +899,12 @@ impl PactBackend {
     pub fn status_all(&self) -> Vec<ServiceStatus> {
         self.by_rank(false).iter().map(|n| self.status_of(n, &self.services[n])).collect()
     }
+}
+
+/// SIGKILL to the process group a service leads (it called setsid before exec).
+fn kill_group(pid: i32) -> Result<(), String> {
+    let p = Pid::from_raw(pid).ok_or_else(|| format!("invalid pid {pid}"))?;
+    rustix::process::kill_process_group(p, Signal::KILL).map_err(|e| format!("kill process group {pid}: {e}"))
 }
 
 /// Writes the declared limits into the scope; each one that cannot be applied becomes a

@@ -16,10 +16,11 @@
 use std::fs::File;
 use std::process::Command;
 
-/// Makes `cmd`'s child join the cgroup whose `cgroup.procs` is `procs` and start a new
+/// Makes `cmd`'s child join the cgroup whose `cgroup.procs` is `procs` (None: an agent
+/// running without cgroups, see `SupervisorConfig::cgroups_optional`) and start a new
 /// session, before it execs.
 #[allow(unsafe_code)]
-pub fn enter_cgroup_before_exec(cmd: &mut std::process::Command, procs: File) -> &mut Command {
+pub fn enter_cgroup_before_exec(cmd: &mut std::process::Command, procs: Option<File>) -> &mut Command {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the forked child of a possibly multi-threaded parent, where
     // only async-signal-safe operations are allowed. It resets the signal mask (a zeroed
@@ -38,7 +39,9 @@ pub fn enter_cgroup_before_exec(cmd: &mut std::process::Command, procs: File) ->
                 return Err(std::io::Error::last_os_error());
             }
             rustix::process::setsid()?;
-            rustix::io::write(&procs, b"0")?;
+            if let Some(procs) = &procs {
+                rustix::io::write(procs, b"0")?;
+            }
             Ok(())
         })
     }

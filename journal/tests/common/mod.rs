@@ -208,3 +208,21 @@ impl Drop for Journal {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// Every variable the journal reads; a test's journal starts without them, so the caller's
+/// environment cannot leak in.
+pub const JOURNAL_ENV: &[&str] = &[
+    "PACT_JOURNAL_CONFIG",
+    "PACT_JOURNAL_NODE_ID",
+    "PACT_JOURNAL_LISTEN",
+    "PACT_JOURNAL_DATA_DIR",
+    "PACT_JOURNAL_PEERS",
+    "PACT_JOURNAL_METRICS_LISTEN",
+    "PACT_JOURNAL_RAFT_LISTEN",
+    "PACT_OIDC_ISSUER",
+    "PACT_OIDC_AUDIENCE",
+    "PACT_OIDC_JWKS_URL",
+    "PACT_OIDC_HMAC_SECRET",
+    "PACT_OIDC_CA_BUNDLE",
+    "PACT_LOG",
+];

@@ -1,0 +1,658 @@
+//! `pact-journal` against a real OpenID provider: images/idp (oidc-provider 8 on Node.js)
+//! issues RS256 access tokens for the audience `pact`; a journal started without `--dev`
+//! and without an HMAC secret finds the IdP's keys through its discovery document, accepts
+//! the IdP's tokens (the entry's author is the token's `sub`), refuses a table of forged and
+//! misused tokens with exit code 2 while recording nothing, and follows a key rotation at
+//! the IdP (a token with a new `kid` is accepted once the journal refetches the JWKS, and a
+//! token signed with the retired key is refused).
+//!
+//! Needs `node` (18 or later) and `npm`; `images/idp/node_modules` is installed (`npm ci`)
+//! when missing. Without them the test prints `SKIP: <reason>` and passes, unless CI=true,
+//! where it fails. It also needs the `pact` CLI next to the test's target dir (`cargo build
+//! --workspace`, as images/dev/test.sh does).
+
+mod common;
+
+use common::{free_port, temp_dir, JOURNAL_ENV};
+use jwt_simple::prelude::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Instant;
+
+/// How long a start-up or one request may take before the test gives up.
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a key rotation may take to be picked up: the journal refetches the JWKS at most
+/// once per 10 s (`pact_proto::auth::MIN_REFRESH`), counted from its last fetch.
+const ROTATION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(25);
+/// How long `npm ci` may take.
+const NPM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+const AUDIENCE: &str = "pact";
+const ADMIN: &str = "pact-platform-admin";
+const CLIENT_ID: &str = "pact-test";
+const CLIENT_SECRET: &str = "pact-test-secret";
+
+/// Every variable the CLI reads.
+const CLI_ENV: &[&str] =
+    &["PACT_ENDPOINT", "PACT_TOKEN", "PACT_TLS_CA", "PACT_VCLUSTER", "PACT_OUTPUT", "PACT_CLI_CONFIG", "PACT_DEV_DIR"];
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A child process killed (and reaped) when dropped.
+struct Proc {
+    child: Option<Child>,
+    name: &'static str,
+}
+
+impl Proc {
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            eprintln!("stopping {}", self.name);
+        }
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The identity provider (images/idp).
+
+fn idp_source_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("images").join("idp")
+}
+
+/// The major version of `node --version`, or why there is none.
+fn node_major() -> Result<u32, String> {
+    let out = Command::new("node").arg("--version").output().map_err(|e| format!("node is not installed ({e})"))?;
+    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    v.trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .ok_or_else(|| format!("`node --version` said {v:?}"))
+}
+
+/// images/idp with its node_modules installed, or why it cannot be had.
+fn prepare_idp(log: &Path) -> Result<PathBuf, String> {
+    let major = node_major()?;
+    if major < 18 {
+        return Err(format!("node {major} is too old (oidc-provider 8 needs 18 or later)"));
+    }
+    Command::new("npm").arg("--version").output().map_err(|e| format!("npm is not installed ({e})"))?;
+    let dir = idp_source_dir().canonicalize().map_err(|e| format!("images/idp: {e}"))?;
+    if dir.join("node_modules/oidc-provider/package.json").exists() {
+        return Ok(dir);
+    }
+    let verb = if dir.join("package-lock.json").exists() { "ci" } else { "install" };
+    eprintln!("images/idp: npm {verb} (node_modules is missing)");
+    let out = std::fs::File::create(log).unwrap();
+    let child = Command::new("npm")
+        .args([verb, "--no-audit", "--no-fund", "--omit=dev"])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out.try_clone().unwrap()))
+        .stderr(Stdio::from(out))
+        .spawn()
+        .map_err(|e| format!("cannot run npm: {e}"))?;
+    let mut npm = Proc { child: Some(child), name: "npm" };
+    let until = Instant::now() + NPM_DEADLINE;
+    let status = loop {
+        if let Some(st) = npm.exited() {
+            npm.child = None;
+            break st;
+        }
+        if Instant::now() > until {
+            npm.kill();
+            return Err(format!("npm {verb} took longer than {NPM_DEADLINE:?}"));
+        }
+        sleep_ms(100);
+    };
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    if !status.success() || !dir.join("node_modules/oidc-provider/package.json").exists() {
+        let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        return Err(format!("npm {verb} in {} failed ({status}):\n{}", dir.display(), tail.join("\n")));
+    }
+    Ok(dir)
+}
+
+/// A running images/idp/server.js, with `--test-signing`.
+struct Idp {
+    proc: Proc,
+    port: u16,
+    stderr: PathBuf,
+}
+
+impl Idp {
+    /// Starts the IdP on `port` with the private JWKS in `keys` (generated there, one RS256
+    /// key named `kid`, when the file does not exist); returns once it printed IDP READY.
+    fn start(src: &Path, port: u16, keys: &Path, kid: &str, stderr: &Path) -> Idp {
+        let issuer = format!("http://127.0.0.1:{port}");
+        let mut child = Command::new("node")
+            .arg(src.join("server.js"))
+            .args(["--port", &port.to_string(), "--issuer", &issuer, "--kid", kid, "--alg", "RS256"])
+            .arg("--keys")
+            .arg(keys)
+            .arg("--test-signing")
+            .current_dir(src)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(stderr).unwrap()))
+            .spawn()
+            .expect("start node images/idp/server.js");
+        let stdout = child.stdout.take().unwrap();
+        let mut idp = Idp { proc: Proc { child: Some(child), name: "the IdP" }, port, stderr: stderr.to_path_buf() };
+        // Lines arrive through a thread, so the wait below can time out; the thread keeps
+        // draining stdout until the IdP exits.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let _ = tx.send(line);
+            }
+        });
+        let until = Instant::now() + DEADLINE;
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(line) if line.trim() == format!("IDP READY {issuer}") => return idp,
+                Ok(line) => eprintln!("idp: {line}"),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    // stdout closed: the IdP exited (or is about to).
+                    let until_exit = Instant::now() + std::time::Duration::from_secs(5);
+                    while idp.proc.exited().is_none() && Instant::now() < until_exit {
+                        sleep_ms(20);
+                    }
+                    panic!("the IdP exited before it was ready:\n{}", idp.stderr_text());
+                }
+            }
+            if let Some(st) = idp.proc.exited() {
+                panic!("the IdP exited with {st} before it was ready:\n{}", idp.stderr_text());
+            }
+            assert!(Instant::now() < until, "the IdP was not ready within {DEADLINE:?}:\n{}", idp.stderr_text());
+        }
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        self.proc.kill();
+    }
+
+    /// An access token from the token endpoint: client_credentials for `pact-test`, with
+    /// the role (and subject) this test chooses.
+    fn client_credentials(&self, role: &str, subject: Option<&str>) -> String {
+        let mut form = format!("grant_type=client_credentials&pact_role={role}");
+        if let Some(s) = subject {
+            form.push_str(&format!("&pact_subject={s}"));
+        }
+        assert!(form.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-=&.".contains(&b)), "{form}: needs encoding");
+        let basic = Base64::encode_to_string(format!("{CLIENT_ID}:{CLIENT_SECRET}")).unwrap();
+        let (code, body) = http(
+            self.port,
+            "POST",
+            "/token",
+            &[
+                ("Authorization", format!("Basic {basic}")),
+                ("Content-Type", "application/x-www-form-urlencoded".into()),
+            ],
+            form.as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("token request: {e}\n{}", self.stderr_text()));
+        assert_eq!(code, 200, "token endpoint answered {code}: {body}\n{}", self.stderr_text());
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("token response {body:?}: {e}"));
+        assert_eq!(v["token_type"], "Bearer", "{body}");
+        v["access_token"].as_str().unwrap_or_else(|| panic!("no access_token in {body}")).to_string()
+    }
+
+    /// A token signed with the IdP's current key, with any claims (POST /test/sign, which
+    /// only `--test-signing` serves): defaults iss = the issuer, aud = pact, sub = pact-test,
+    /// iat = now, exp = now + 600; `claims` overrides them (null leaves one out).
+    fn sign(&self, claims: Value) -> String {
+        let body = json!({ "claims": claims }).to_string();
+        let (code, token) =
+            http(self.port, "POST", "/test/sign", &[("Content-Type", "application/json".into())], body.as_bytes())
+                .unwrap_or_else(|e| panic!("/test/sign: {e}"));
+        assert_eq!(code, 200, "/test/sign answered {code}: {token}");
+        token.trim().to_string()
+    }
+
+    /// The public JWKS the IdP serves, found the way the journal finds it (discovery).
+    fn jwks(&self) -> Value {
+        let (code, body) = http(self.port, "GET", "/.well-known/openid-configuration", &[], b"").unwrap();
+        assert_eq!(code, 200, "discovery: {body}");
+        let doc: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["issuer"], self.issuer().as_str(), "{body}");
+        let uri = doc["jwks_uri"].as_str().unwrap().to_string();
+        let path = uri.strip_prefix(&self.issuer()).unwrap_or_else(|| panic!("jwks_uri {uri} is not under the issuer"));
+        let (code, body) = http(self.port, "GET", path, &[], b"").unwrap();
+        assert_eq!(code, 200, "jwks: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+/// One HTTP/1.0 request on loopback (so the answer is never chunked): (status, body).
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+    s.set_read_timeout(Some(DEADLINE)).map_err(|e| e.to_string())?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).and_then(|_| s.write_all(body)).map_err(|e| format!("send: {e}"))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP header in {text:?}"))?;
+    let code =
+        head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("bad status in {head:?}"))?;
+    Ok((code, body.to_string()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Tokens, taken apart and put together by hand.
+
+fn b64(bytes: &[u8]) -> String {
+    Base64UrlSafeNoPadding::encode_to_string(bytes).unwrap()
+}
+
+fn decode_part(token: &str, i: usize) -> Value {
+    let part = token.split('.').nth(i).unwrap_or_else(|| panic!("{token:?} has no part {i}"));
+    let bytes = Base64UrlSafeNoPadding::decode_to_vec(part, None).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn header(token: &str) -> Value {
+    decode_part(token, 0)
+}
+
+fn payload(token: &str) -> Value {
+    decode_part(token, 1)
+}
+
+// ---------------------------------------------------------------------------------------
+// The journal and the CLI.
+
+struct Journal {
+    proc: Proc,
+    endpoint: String,
+    ca: PathBuf,
+    log: PathBuf,
+}
+
+impl Journal {
+    /// A lone journal, bootstrapped, not `--dev`: tokens from `issuer`'s discovery only.
+    fn start(dir: &Path, issuer: &str) -> Journal {
+        let data = dir.join("journal");
+        let config = dir.join("journal.toml");
+        // An empty file: nothing from /etc/pact/journal.toml, everything from flags and env.
+        std::fs::write(&config, "").unwrap();
+        let (port, metrics, raft) = (free_port(), free_port(), free_port());
+        let log = dir.join("journal.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pact-journal"));
+        for v in JOURNAL_ENV {
+            cmd.env_remove(v);
+        }
+        let child = cmd
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+            .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
+            .args(["--node-id", "1", "--bootstrap", "--cores", "1"])
+            .env("PACT_OIDC_ISSUER", issuer)
+            .env("PACT_OIDC_AUDIENCE", AUDIENCE)
+            .env("PACT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("start pact-journal");
+        Journal {
+            proc: Proc { child: Some(child), name: "pact-journal" },
+            endpoint: format!("127.0.0.1:{port}"),
+            ca: data.join("tls").join("ca.crt"),
+            log,
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The `pact` CLI of this workspace, kept from the caller's settings: HOME and the working
+/// directory are a temp dir, no PACT_* variable is inherited.
+struct Cli {
+    bin: PathBuf,
+    home: PathBuf,
+    endpoint: String,
+    ca: PathBuf,
+}
+
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Cli {
+    fn new(home: PathBuf, journal: &Journal) -> Cli {
+        let exe = std::env::current_exe().unwrap();
+        let bin = exe.parent().unwrap().parent().unwrap().join("pact");
+        assert!(
+            bin.exists(),
+            "{} is missing: build it first (`cargo build -p pact-cli`; images/dev/test.sh builds the workspace)",
+            bin.display()
+        );
+        std::fs::create_dir_all(&home).unwrap();
+        Cli { bin, home, endpoint: journal.endpoint.clone(), ca: journal.ca.clone() }
+    }
+
+    fn run(&self, token: Option<&str>, args: &[&str]) -> Outcome {
+        let mut cmd = Command::new(&self.bin);
+        for v in CLI_ENV {
+            cmd.env_remove(v);
+        }
+        cmd.env("HOME", &self.home).current_dir(&self.home).stdin(Stdio::null());
+        cmd.args(["--endpoint", &self.endpoint]).arg("--ca-cert").arg(&self.ca);
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        let out = cmd.args(args).output().expect("run pact");
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }
+    }
+
+    /// Every entry, newest first (`pact log --output json`), read with `token`.
+    fn entries(&self, token: &str) -> Vec<Value> {
+        let o = self.run(Some(token), &["--output", "json", "log", "-n", "10000"]);
+        assert_eq!(o.code, 0, "pact log failed ({}): {}", o.code, o.stderr);
+        serde_json::from_str::<Value>(&o.stdout)
+            .unwrap_or_else(|e| panic!("pact log --output json: {e}: {}", o.stdout))
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("pact log --output json is not an array: {}", o.stdout))
+    }
+
+    /// `pact commit -m msg` with `token` must succeed and record `msg` by the token's `sub`.
+    fn commit_ok(&self, token: &str, msg: &str) {
+        let o = self.run(Some(token), &["commit", "-m", msg]);
+        assert_eq!(o.code, 0, "pact commit -m {msg} failed ({}): {}", o.code, o.stderr);
+        let entries = self.entries(token);
+        let e = entries.iter().find(|e| e["message"] == msg).unwrap_or_else(|| panic!("{msg} not in {entries:?}"));
+        let claims = payload(token);
+        assert_eq!(e["author"], claims["sub"], "the author of {msg} is the token's sub: {e}");
+        assert_eq!(e["role"], claims["pact_role"], "the role of {msg} is the token's pact_role: {e}");
+        println!("  {msg}: recorded as seq {} by {} ({})", e["sequence"], e["author"], e["role"]);
+    }
+}
+
+/// Calls `f` until it gives `Some`, every `every`, for at most `within`.
+fn poll<T>(within: std::time::Duration, every: std::time::Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// Waits until the journal accepts `token` for a read; fails with the journal's log.
+fn wait_accepts(journal: &mut Journal, cli: &Cli, token: &str) {
+    let mut last = String::new();
+    let ok = poll(DEADLINE, std::time::Duration::from_millis(200), || {
+        if let Some(st) = journal.proc.exited() {
+            panic!("pact-journal exited with {st}:\n{}", journal.log_text());
+        }
+        if !journal.ca.exists() {
+            return None;
+        }
+        let o = cli.run(Some(token), &["log", "-n", "1"]);
+        last = format!("exit {}: {}", o.code, o.stderr);
+        (o.code == 0).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "the journal did not accept the IdP's token within {DEADLINE:?} (last `pact log`: {last})\n--- journal log ---\n{}",
+        journal.log_text()
+    );
+}
+
+/// The test's temp dir, removed when the test passes.
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[test]
+fn journal_verifies_tokens_from_a_real_openid_provider() {
+    let dir = Dir(temp_dir("oidc"));
+    let idp_src = match prepare_idp(&dir.0.join("npm.log")) {
+        Ok(d) => d,
+        Err(why) => {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true, so this cannot be skipped: {why}");
+            println!("SKIP: {why}");
+            return;
+        }
+    };
+
+    // 1. The IdP, with key A.
+    let idp_port = free_port();
+    let keys_a = dir.0.join("keys-a.json");
+    let mut idp = Idp::start(&idp_src, idp_port, &keys_a, "a", &dir.0.join("idp-a.stderr"));
+    let issuer = idp.issuer();
+    println!("IdP ready at {issuer} (key a)");
+    let jwks_a = idp.jwks();
+    let key_a =
+        jwks_a["keys"].as_array().unwrap().iter().find(|k| k["kid"] == "a").cloned().expect("kid a in the JWKS");
+
+    // 2. The journal: issuer and audience only, so its keys come from discovery.
+    let mut journal = Journal::start(&dir.0, &issuer);
+    let cli = Cli::new(dir.0.join("home"), &journal);
+
+    // 3. An IdP token works, and its sub is the author.
+    let admin = idp.client_credentials(ADMIN, None);
+    let h = header(&admin);
+    assert_eq!((h["alg"].as_str(), h["kid"].as_str()), (Some("RS256"), Some("a")), "{h}");
+    let claims = payload(&admin);
+    assert_eq!(
+        (claims["iss"].as_str(), claims["aud"].as_str(), claims["sub"].as_str(), claims["pact_role"].as_str()),
+        (Some(issuer.as_str()), Some(AUDIENCE), Some(CLIENT_ID), Some(ADMIN)),
+        "{claims}"
+    );
+    wait_accepts(&mut journal, &cli, &admin);
+    let accepted_at = Instant::now();
+    cli.commit_ok(&admin, "ok-1");
+
+    // 4. The attacks: each is refused with exit 2 and records nothing.
+    let now = now_secs();
+    let signed = |claims: Value| idp.sign(claims);
+    // Controls: tokens made the same ways as the attacks below, with nothing wrong in them,
+    // are accepted (so each attack is refused for its one defect).
+    let control_signed = signed(json!({ "pact_role": ADMIN }));
+    let viewer = idp.client_credentials("pact-viewer-x", None);
+    for (what, token) in [("/test/sign, good claims", &control_signed), ("IdP token, pact-viewer-x", &viewer)] {
+        let o = cli.run(Some(token), &["log", "-n", "1"]);
+        assert_eq!(o.code, 0, "control ({what}) must be accepted: {}", o.stderr);
+        println!("control: {what}: accepted");
+    }
+
+    let good_payload = Base64UrlSafeNoPadding::encode_to_string(payload(&admin).to_string()).unwrap();
+    let alg_none = format!("{}.{good_payload}.", b64(br#"{"alg":"none","typ":"JWT"}"#));
+    let rsa_a = RS256PublicKey::from_jwk(&key_a.to_string()).expect("key a as an RSA public key");
+    let pem_a = rsa_a.to_pem().unwrap();
+    let hs256_with = |secret: &[u8]| {
+        let mut custom = serde_json::Map::new();
+        custom.insert("pact_role".into(), ADMIN.into());
+        let c = Claims::with_custom_claims(custom, Duration::from_secs(600))
+            .with_issuer(&issuer)
+            .with_audience(AUDIENCE)
+            .with_subject("mallory");
+        HS256Key::from_bytes(secret).with_key_id("a").authenticate(c).unwrap()
+    };
+    let forged_role = {
+        let mut parts: Vec<String> = viewer.split('.').map(str::to_string).collect();
+        let mut p = payload(&viewer);
+        p["pact_role"] = ADMIN.into();
+        parts[1] = b64(p.to_string().as_bytes());
+        parts.join(".")
+    };
+    let unknown_kid = {
+        // Signed with key A, but naming a kid the JWKS does not list.
+        let mut parts: Vec<String> = control_signed.split('.').map(str::to_string).collect();
+        let mut h = header(&control_signed);
+        h["kid"] = "zzz".into();
+        parts[0] = b64(h.to_string().as_bytes());
+        parts.join(".")
+    };
+    let rows: Vec<(&str, Option<String>)> = vec![
+        ("1 no token", None),
+        ("2 malformed (abc.def)", Some("abc.def".into())),
+        (
+            "3 expired (exp now-1h, RS256 key a)",
+            Some(signed(json!({ "pact_role": ADMIN, "iat": now - 7200, "exp": now - 3600 }))),
+        ),
+        ("4 not yet valid (nbf now+1h)", Some(signed(json!({ "pact_role": ADMIN, "nbf": now + 3600 })))),
+        ("5 wrong issuer", Some(signed(json!({ "pact_role": ADMIN, "iss": "https://evil.example/realms/pact" })))),
+        ("6 wrong audience", Some(signed(json!({ "pact_role": ADMIN, "aud": "not-pact" })))),
+        ("7 alg none", Some(alg_none)),
+        ("8a HS256, secret = key a's public PEM", Some(hs256_with(pem_a.as_bytes()))),
+        ("8b HS256, secret = key a's public JWK", Some(hs256_with(key_a.to_string().as_bytes()))),
+        ("9 role forged after signing (viewer->admin)", Some(forged_role)),
+        ("10 unknown kid (key a, kid zzz)", Some(unknown_kid)),
+        ("11 no sub", Some(signed(json!({ "pact_role": ADMIN, "sub": null })))),
+        ("12 no exp", Some(signed(json!({ "pact_role": ADMIN, "exp": null })))),
+    ];
+    let mut count = cli.entries(&admin).len();
+    let mut table = Vec::new();
+    let mut failures = Vec::new();
+    for (i, (name, token)) in rows.iter().enumerate() {
+        let msg = format!("attack-{}", i + 1);
+        let o = cli.run(token.as_deref(), &["commit", "-m", &msg]);
+        let after = cli.entries(&admin);
+        let recorded = after.len() != count || after.iter().any(|e| e["message"] == msg.as_str());
+        count = after.len();
+        let why = o.stderr.lines().last().unwrap_or("").trim_start_matches("pact: ").to_string();
+        if o.code != 2 || recorded {
+            failures.push(format!("{name}: exit {} (want 2), recorded {recorded}: {} {}", o.code, o.stdout, o.stderr));
+        }
+        table.push((name.to_string(), o.code, recorded, why));
+    }
+    println!("\n{:<44} {:>4} {:<8} journal/CLI said", "attack", "exit", "recorded");
+    for (name, code, recorded, why) in &table {
+        let verdict = if *code == 2 && !recorded { "" } else { "   <-- WRONG" };
+        println!("{name:<44} {code:>4} {:<8} {why}{verdict}", if *recorded { "YES" } else { "no" });
+    }
+    println!();
+    assert!(
+        failures.is_empty(),
+        "attacks not refused:\n{}\n--- journal log ---\n{}",
+        failures.join("\n"),
+        journal.log_text()
+    );
+    assert!(
+        !cli.entries(&admin).iter().any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("attack-"))),
+        "an attack was recorded"
+    );
+
+    // 5. Rotation: the IdP restarts on the same port with key B only.
+    idp.stop();
+    let keys_b = dir.0.join("keys-b.json");
+    let mut idp = Idp::start(&idp_src, idp_port, &keys_b, "b", &dir.0.join("idp-b.stderr"));
+    let jwks_b = idp.jwks();
+    let kids: Vec<&str> = jwks_b["keys"].as_array().unwrap().iter().filter_map(|k| k["kid"].as_str()).collect();
+    assert_eq!(kids, ["b"], "the rotated IdP serves key b only");
+    println!(
+        "IdP restarted with key b only ({:.1} s after the journal first accepted a token)",
+        accepted_at.elapsed().as_secs_f64()
+    );
+    let rotated = idp.client_credentials(ADMIN, Some("ops-rotated"));
+    assert_eq!(header(&rotated)["kid"], "b");
+    // The journal refetches on the unknown kid b, but at most once per 10 s since its last
+    // fetch (at start-up or at the first token): refused until then, accepted after.
+    let rotation_started = Instant::now();
+    let mut attempts = Vec::new();
+    let ok = poll(ROTATION_DEADLINE, std::time::Duration::from_millis(500), || {
+        let o = cli.run(Some(&rotated), &["log", "-n", "1"]);
+        attempts.push((rotation_started.elapsed().as_secs_f64(), o.code, o.stderr.clone()));
+        (o.code == 0).then_some(())
+    });
+    let refused_first = attempts.iter().filter(|(_, c, _)| *c != 0).count();
+    assert!(
+        ok.is_some(),
+        "a token signed with the new key b was not accepted within {ROTATION_DEADLINE:?}: {:?}\n--- journal log ---\n{}",
+        attempts.last(),
+        journal.log_text()
+    );
+    println!(
+        "rotation: kid b accepted {:.1} s after the restart ({refused_first} refused attempt(s) before, e.g. {:?})",
+        rotation_started.elapsed().as_secs_f64(),
+        attempts.first().map(|a| a.2.as_str()).unwrap_or("")
+    );
+    for (_, code, stderr) in attempts.iter().filter(|(_, c, _)| *c != 0) {
+        assert_eq!(*code, 2, "before the refetch, the kid-b token is refused as unauthenticated: {stderr}");
+    }
+    cli.commit_ok(&rotated, "ok-2");
+    // The retired key A: refused now that the journal holds B's JWKS.
+    let before = cli.entries(&rotated).len();
+    let old_read = cli.run(Some(&admin), &["log", "-n", "1"]);
+    let old_write = cli.run(Some(&admin), &["commit", "-m", "retired-key"]);
+    let after = cli.entries(&rotated);
+    println!(
+        "retired key a: log exit {} ({}), commit exit {} ({})",
+        old_read.code, old_read.stderr, old_write.code, old_write.stderr
+    );
+    assert_eq!(old_read.code, 2, "a token signed with the retired key a must be refused: {}", old_read.stderr);
+    assert_eq!(old_write.code, 2, "a token signed with the retired key a must be refused: {}", old_write.stderr);
+    assert_eq!(after.len(), before, "the retired key recorded something");
+    assert!(!after.iter().any(|e| e["message"] == "retired-key"));
+
+    idp.stop();
+    journal.proc.kill();
+}
