@@ -1136,3 +1136,53 @@ Slice=pact-infra.slice
     again.stop_all();
     assert_eq!(fake.calls(), ["stop pact-web.service", "stop pact-db.service", "stop pact-broken.service"]);
 }
+
+/// The systemd backend's unit files, checked by systemd's own parser (`systemd-analyze
+/// verify`, offline): every key known, every value parsed, dependencies resolved. The other
+/// systemd tests drive a recording stand-in for `systemctl`; this one is the real parser.
+#[test]
+fn systemd_units_pass_systemd_analyze_verify() {
+    let Some(analyze) =
+        ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"].into_iter().find(|p| Path::new(p).exists())
+    else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: systemd-analyze is required (apt-get install systemd)"
+        );
+        println!("skipped: systemd-analyze is not installed (apt-get install systemd)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("pact-sd-verify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let verify = |files: &[PathBuf]| {
+        let out = std::process::Command::new(analyze)
+            .arg("verify")
+            .arg("--man=no")
+            .args(files)
+            .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.display()))
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let mut files = Vec::new();
+    for mut d in systemd_decls() {
+        // verify checks that ExecStart names an executable.
+        d.binary = "/bin/sleep".into();
+        let unit = pact_agent::supervisor::unit_file_for(&d, Duration::from_secs(10)).unwrap();
+        let f = dir.join(format!("pact-{}.service", d.name));
+        std::fs::write(&f, unit).unwrap();
+        files.push(f);
+    }
+    let (ok, stderr) = verify(&files);
+    assert!(ok && stderr.trim().is_empty(), "systemd-analyze verify: ok={ok}\n{stderr}");
+    // The check has teeth: a value systemd cannot parse is reported.
+    let bad = dir.join("pact-bad.service");
+    let db = files.iter().find(|f| f.ends_with("pact-db.service")).unwrap();
+    let unit = std::fs::read_to_string(db).unwrap().replace("CPUWeight=200", "CPUWeight=lots");
+    assert!(unit.contains("CPUWeight=lots"));
+    std::fs::write(&bad, unit).unwrap();
+    let (_, stderr) = verify(&[bad]);
+    assert!(stderr.contains("Invalid CPU weight"), "a bad value must be reported: {stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -46,9 +46,13 @@ COMMANDS:
   reboot NODE [--reason TEXT] record a reboot in the journal, then ask the node's agent
   poweroff NODE [--reason TEXT]
                               record a power-off in the journal, then ask the node's agent
+  login [--device-code | --service-account] [--issuer URL] [--client-id ID]
+                              log in at the OpenID provider; the token is cached per journal
+  logout [--all]              forget the cached token (and revoke it at the OpenID provider)
 
 GLOBAL OPTIONS:
-  --endpoint HOST:PORT        journal address        [PACT_ENDPOINT]   (default localhost:9443)
+  --endpoint HOST:PORT        journal address        [PACT_ENDPOINT]   (default: the last
+                              `pact login`'s, else localhost:9443)
   --token TOKEN               bearer token           [PACT_TOKEN]
   --ca-cert FILE              CA to trust            [PACT_TLS_CA]     (default /etc/pact/ca.crt)
   --vcluster NAME             default vCluster       [PACT_VCLUSTER]   (default \"default\")
@@ -57,6 +61,14 @@ GLOBAL OPTIONS:
   --agent-endpoint HOST:PORT  service/reboot/poweroff: the agent's address (default NODE:9445)
   -h, --help                  help (also after any command)
   -V, --version               version
+
+AUTHENTICATION:
+  The token is the first of: --token, PACT_TOKEN, cli.toml's token/token_path, the cached
+  `pact login` token for the endpoint (~/.config/pact/tokens.json, mode 0600; refreshed
+  silently when it expires within a minute), ~/.config/pact/token, the --dev profile's.
+  `pact login` finds the OpenID provider from --issuer, PACT_OIDC_ISSUER or cli.toml's
+  oidc_issuer; client id from --client-id, PACT_CLIENT_ID or client_id (default \"pact\");
+  PACT_OIDC_RESOURCE / oidc_resource is sent as resource=. See `pact login --help`.
 
 Settings also come from ~/.config/pact/cli.toml and, next to a `pact-journal --dev`,
 from ./.pact-dev/dev/cli.toml. Exit codes: 0 ok, 1 error, 2 auth, 3 policy, 4 conflict,
@@ -70,8 +82,13 @@ count. With NODE: the node's recorded config state (COMMITTED, DRIFTED, ...).";
 
 const LOG_HELP: &str = "\
 USAGE: pact log [-n N] [--scope node:ID|vc:NAME|global] [--from SEQ] [--to SEQ] [--oldest-first]
+                [--type TYPE[,TYPE...]] [--author PRINCIPAL]
 
-Journal entries, newest first, with their state deltas. -n defaults to 20 (max 10000).";
+Journal entries, newest first, with their state deltas. -n defaults to 20 (max 10000).
+--type: only these entry types (commit, rollback, admin_operation, node_assigned, ...; the
+names `pact log` prints). --author: only entries by this principal (a token's sub).
+Refused requests are ADMIN_OPERATION entries whose message starts with \"denied:\".
+Without --scope, a caller who may not read everything sees what its role may read.";
 
 const COMMIT_HELP: &str = "\
 USAGE: pact commit -m MSG [--ttl SECONDS] [--node NODE]
@@ -126,8 +143,15 @@ const VALUE_OPTS: &[(&str, Option<char>)] = &[
     ("count", None),
     ("agent-endpoint", None),
     ("reason", None),
+    ("type", None),
+    ("author", None),
+    ("issuer", None),
+    ("client-id", None),
+    ("callback-port", None),
+    ("timeout", None),
 ];
-const FLAG_OPTS: &[&str] = &["oldest-first", "dry-run", "linearizable"];
+const FLAG_OPTS: &[&str] =
+    &["oldest-first", "dry-run", "linearizable", "device-code", "service-account", "no-browser", "all"];
 
 fn parse(args: Vec<OsString>) -> Result<Parsed, Failure> {
     let mut p = Parsed {
@@ -242,13 +266,25 @@ pub fn run(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<
         "service" => crate::agent_cmd::SERVICE_HELP,
         "reboot" => crate::agent_cmd::REBOOT_HELP,
         "poweroff" => crate::agent_cmd::POWEROFF_HELP,
+        "login" => crate::login::LOGIN_HELP,
+        "logout" => crate::login::LOGOUT_HELP,
         "help" => return Ok(USAGE.into()),
         other => return Err(Failure::usage(format!("unknown command {other:?}\n\n{USAGE}"))),
     };
     if p.help {
         return Ok(help.into());
     }
-    let s = settings::resolve(&p.globals, env).map_err(Failure::usage)?;
+    let mut s = settings::resolve(&p.globals, env).map_err(Failure::usage)?;
+    match cmd.as_str() {
+        "login" => return login(&p, &s, env),
+        "logout" => {
+            p.only("logout", &[], &["all"], 0)?;
+            return crate::login::logout(p.flag("all"), &s, env);
+        }
+        _ => {}
+    }
+    // Every other command talks to the journal or an agent with a token.
+    crate::tokens::resolve_token(&mut s)?;
     match cmd.as_str() {
         "status" => status(&p, &s),
         "log" => log(&p, &s),
@@ -298,6 +334,46 @@ pub fn run(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<
     }
 }
 
+fn login(p: &Parsed, s: &Settings, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Failure> {
+    use crate::login::{Flow, LoginOpts};
+    p.only(
+        "login",
+        &["issuer", "client-id", "callback-port", "timeout"],
+        &["device-code", "service-account", "no-browser"],
+        0,
+    )?;
+    let flow = match (p.flag("device-code"), p.flag("service-account")) {
+        (true, true) => {
+            return Err(Failure::usage("`pact login`: --device-code and --service-account exclude each other"))
+        }
+        (true, false) => Flow::DeviceCode,
+        (false, true) => Flow::ServiceAccount,
+        (false, false) => Flow::Browser,
+    };
+    let callback_port = match p.opt("callback-port") {
+        Some(v) => u16::try_from(parse_u64("--callback-port", v)?)
+            .map_err(|_| Failure::usage(format!("--callback-port {v}: expected 0..=65535")))?,
+        None => crate::login::DEFAULT_CALLBACK_PORT,
+    };
+    let timeout = match p.opt("timeout") {
+        Some(v) => match parse_u64("--timeout", v)? {
+            t @ 1..=86_400 => std::time::Duration::from_secs(t),
+            _ => return Err(Failure::usage(format!("--timeout {v}: expected 1..=86400 seconds"))),
+        },
+        None => crate::login::DEFAULT_LOGIN_TIMEOUT,
+    };
+    let nonempty = |o: &str| p.opt(o).map(str::to_string).filter(|v| !v.trim().is_empty());
+    let o = LoginOpts {
+        flow,
+        issuer: nonempty("issuer"),
+        client_id: nonempty("client-id"),
+        callback_port,
+        timeout,
+        no_browser: p.flag("no-browser"),
+    };
+    crate::login::login(&o, s, env)
+}
+
 fn connect_with(s: &Settings, linearizable: bool) -> Result<Client, Failure> {
     let mut c = connect(s)?;
     c.set_linearizable(linearizable);
@@ -315,7 +391,10 @@ pub fn token(s: &Settings) -> Result<&str, Failure> {
     s.token.as_deref().ok_or_else(|| {
         Failure::new(
             EXIT_AUTH,
-            "not authenticated: no token (pass --token, set PACT_TOKEN, put one in ~/.config/pact/token, or run next to a `pact-journal --dev`)",
+            format!(
+                "not authenticated: no token for {} (run `pact login`, pass --token, set PACT_TOKEN, put one in ~/.config/pact/token, or run next to a `pact-journal --dev`)",
+                s.endpoint
+            ),
         )
     })
 }
@@ -387,7 +466,7 @@ fn status(p: &Parsed, s: &Settings) -> Result<String, Failure> {
 }
 
 fn log(p: &Parsed, s: &Settings) -> Result<String, Failure> {
-    p.only("log", &["n", "scope", "from", "to"], &["oldest-first", "linearizable"], 0)?;
+    p.only("log", &["n", "scope", "from", "to", "type", "author"], &["oldest-first", "linearizable"], 0)?;
     let limit = match p.opt("n") {
         Some(v) => parse_u64("-n", v)?.clamp(1, 10_000) as u32,
         None => 20,
@@ -399,6 +478,8 @@ fn log(p: &Parsed, s: &Settings) -> Result<String, Failure> {
         to_sequence: p.opt("to").map(|v| parse_u64("--to", v)).transpose()?,
         limit,
         oldest_first: p.flag("oldest-first"),
+        entry_types: p.opt("type").map(parse_entry_types).transpose()?.unwrap_or_default(),
+        author: p.opt("author").unwrap_or_default().to_string(),
     };
     let mut c = connect_with(s, p.flag("linearizable"))?;
     let entries: Vec<ConfigEntry> = c.call_stream(Method::ListEntries, &req)?;
@@ -406,6 +487,21 @@ fn log(p: &Parsed, s: &Settings) -> Result<String, Failure> {
         Format::Json => entries.iter().map(output::entry_json).collect::<Vec<_>>().serialize_json(),
         Format::Text => output::entries_text(&entries),
     })
+}
+
+/// `--type commit,admin_operation`: entry type names as `pact log` prints them, any case.
+fn parse_entry_types(v: &str) -> Result<Vec<i32>, Failure> {
+    v.split(',')
+        .map(|t| {
+            let name = format!("ENTRY_TYPE_{}", t.trim().to_ascii_uppercase().replace('-', "_"));
+            pact_proto::config::EntryType::from_str_name(&name)
+                .filter(|e| *e != pact_proto::config::EntryType::Unspecified)
+                .map(|e| e as i32)
+                .ok_or_else(|| {
+                    Failure::usage(format!("--type {t:?}: not an entry type (commit, rollback, admin_operation, ...)"))
+                })
+        })
+        .collect()
 }
 
 /// Records one entry; the journal's answer (its sequence and timestamp).

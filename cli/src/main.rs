@@ -16,10 +16,13 @@
 mod agent_cmd;
 mod commands;
 mod journal_cmd;
+mod login;
 mod node_cmd;
+mod oidc;
 mod output;
 mod settings;
 mod spec;
+mod tokens;
 mod watch_cmd;
 
 use std::process::ExitCode;

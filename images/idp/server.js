@@ -3,7 +3,8 @@
 // and public, and --test-signing signs whatever it is asked to.
 //
 //   node server.js --port N [--issuer http://127.0.0.1:N] --keys FILE [--kid a] [--alg RS256|ES256]
-//                  [--user-role ROLE] [--test-signing]
+//                  [--user-role ROLE] [--service-role ROLE] [--device-interval SECONDS]
+//                  [--test-signing]
 //
 // --keys FILE   a private JWKS ({"keys": [...]}, every key with a "kid"). When FILE does not
 //               exist, one key is generated (kid --kid, algorithm --alg) and written there.
@@ -13,14 +14,20 @@
 //   pact-test / pact-test-secret (client_secret_basic): client_credentials, and
 //     authorization_code (+PKCE), refresh_token and the device flow, redirect
 //     http://localhost:8400/callback.
-//   pact-cli (public, PKCE required): authorization_code, refresh_token and the device flow,
-//     same redirect.
+//   pact-cli and pact (public, PKCE required; `pact` is the deployment guide's client id, the
+//     CLI's default): authorization_code, refresh_token and the device flow, same redirect.
+//     They are native clients, so any port on a loopback redirect is accepted
+//     (http://localhost:N/callback, RFC 8252 §7.3): `pact login --callback-port N`.
+// Every client allowed the refresh_token grant gets a refresh token with its access token
+// (no offline_access/prompt=consent dance), as the CLI's token cache expects.
 // Access tokens for the resource urn:pact (the default; a resource indicator must be an
 // absolute URI) are JWTs with aud "pact", and carry `sub` and `pact_role`:
-//   client_credentials: token-request parameters pact_role=ROLE (default pact-viewer-default)
-//     and pact_subject=NAME (default: the client id) choose them per token;
+//   client_credentials: token-request parameters pact_role=ROLE (default --service-role, else
+//     pact-viewer-default) and pact_subject=NAME (default: the client id) choose them per token;
 //   interactive logins (dev interactions, any login/password): sub = the login,
 //     pact_role = --user-role (default pact-platform-admin).
+// --device-interval SECONDS  the polling interval the device authorization endpoint announces
+//   (`interval`; without it none is sent and clients poll every 5 s, RFC 8628 §3.2).
 // --test-signing  also serves POST /test/sign: body {"claims": {...}, "header": {...}} →
 //   a compact JWS signed with the current key. Defaults: iss = the issuer, aud = "pact",
 //   sub = "pact-test", iat = now, exp = now + 600; a claim given as null is left out.
@@ -42,12 +49,14 @@ const AUDIENCE = 'pact';
 const REDIRECT = 'http://localhost:8400/callback';
 
 function usage(msg) {
-  process.stderr.write(`idp: ${msg}\nusage: node server.js --port N [--issuer URL] --keys FILE [--kid a] [--alg RS256|ES256] [--user-role ROLE] [--test-signing]\n`);
+  process.stderr.write(`idp: ${msg}\nusage: node server.js --port N [--issuer URL] --keys FILE [--kid a] [--alg RS256|ES256] [--user-role ROLE] [--service-role ROLE] [--device-interval SECONDS] [--test-signing]\n`);
   process.exit(2);
 }
 
 function parseArgs(argv) {
-  const o = { kid: 'a', alg: 'RS256', userRole: 'pact-platform-admin', testSigning: false };
+  const o = {
+    kid: 'a', alg: 'RS256', userRole: 'pact-platform-admin', serviceRole: 'pact-viewer-default', testSigning: false,
+  };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
     const value = () => {
@@ -62,12 +71,17 @@ function parseArgs(argv) {
       case '--kid': o.kid = value(); break;
       case '--alg': o.alg = value(); break;
       case '--user-role': o.userRole = value(); break;
+      case '--service-role': o.serviceRole = value(); break;
+      case '--device-interval': o.deviceInterval = Number(value()); break;
       case '--test-signing': o.testSigning = true; break;
       default: usage(`unknown argument ${a}`);
     }
   }
   if (!Number.isInteger(o.port) || o.port <= 0 || o.port > 65535) usage('--port N is required');
   if (!o.keys) usage('--keys FILE is required');
+  if (o.deviceInterval !== undefined && !(Number.isInteger(o.deviceInterval) && o.deviceInterval >= 1)) {
+    usage('--device-interval SECONDS: expected a whole number of seconds, 1 or more');
+  }
   if (!['RS256', 'ES256'].includes(o.alg)) usage(`--alg ${o.alg}: expected RS256 or ES256`);
   o.issuer = (o.issuer || `http://127.0.0.1:${o.port}`).replace(/\/+$/, '');
   return o;
@@ -156,6 +170,14 @@ function main() {
     response_types: ['code'],
     id_token_signed_response_alg: signAlg,
   };
+  // Public native clients (the CLI): PKCE, no secret, any loopback port.
+  const publicClient = (clientId) => ({
+    ...clientBase,
+    client_id: clientId,
+    application_type: 'native',
+    token_endpoint_auth_method: 'none',
+    grant_types: ['authorization_code', 'refresh_token', 'urn:ietf:params:oauth:grant-type:device_code'],
+  });
   const provider = new Provider(opts.issuer, {
     clients: [
       {
@@ -169,18 +191,15 @@ function main() {
           'urn:ietf:params:oauth:grant-type:device_code',
         ],
       },
-      {
-        ...clientBase,
-        client_id: 'pact-cli',
-        application_type: 'native',
-        token_endpoint_auth_method: 'none',
-        grant_types: ['authorization_code', 'refresh_token', 'urn:ietf:params:oauth:grant-type:device_code'],
-      },
+      publicClient('pact-cli'),
+      publicClient('pact'),
     ],
     clientDefaults: { id_token_signed_response_alg: signAlg },
     jwks,
     cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
     pkce: { required: () => true },
+    // A refresh token for every client allowed the grant, offline_access or not.
+    issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
     // Interactive logins (dev interactions): any login is an account of that name.
     findAccount: async (ctx, id) => ({
       accountId: id,
@@ -214,7 +233,7 @@ function main() {
     },
     extraTokenClaims: async (ctx, token) => {
       if (token.kind === 'ClientCredentials') {
-        return { pact_role: ctx?.oidc?.params?.pact_role || 'pact-viewer-default' };
+        return { pact_role: ctx?.oidc?.params?.pact_role || opts.serviceRole };
       }
       return { pact_role: opts.userRole };
     },
@@ -237,6 +256,15 @@ function main() {
     new Set([...clientCredentialsParameters, 'resource', 'pact_role', 'pact_subject']),
     new Set(['resource']),
   );
+  if (opts.deviceInterval) {
+    // oidc-provider announces no interval; add one to device authorization answers.
+    provider.use(async (ctx, next) => {
+      await next();
+      if (ctx.path === '/device/auth' && ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
+        ctx.body = { ...ctx.body, interval: opts.deviceInterval };
+      }
+    });
+  }
   provider.on('server_error', (ctx, err) => process.stderr.write(`idp: server error: ${err.stack || err}\n`));
   provider.on('grant.error', (ctx, err) => process.stderr.write(`idp: grant error: ${err.message} ${err.error_description || ''}\n`));
 

@@ -19,6 +19,7 @@
 //! subscriber whose queue is full is marked; it gets a Resync after what it already has,
 //! never a silent drop.
 
+use crate::authz;
 use crate::declared::{self, sha256_hex};
 use crate::shard::ShardRef;
 use crate::shared::Shared;
@@ -26,6 +27,7 @@ use crate::state::validate_id;
 use futures_lite::{AsyncWrite, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use heed::RoTxn;
+use pact_proto::auth::Caller;
 use pact_proto::config::{scope::Target, ConfigEntry, EntryType, PolicySpec, Timestamp};
 use pact_proto::frame::{encode_header, FrameHeader, FrameKind, HEADER_LEN};
 use pact_proto::journal::{NodeRecord, OverlayRecord};
@@ -221,14 +223,20 @@ pub async fn stream_boot<S: AsyncWrite + Unpin>(
     if let Err(e) = shard.wait_stored().await {
         return answer_error(shard, io, m, id, e).await;
     }
-    if let Err(e) = crate::rpc::authenticate(shard, &req.bearer_token).await {
-        Shared::inc(&shared.boot_stream_errors_total);
-        return answer_error(shard, io, m, id, e).await;
-    }
-    let plan = match plan_boot(shard, req) {
+    let caller = match crate::rpc::authenticate(shard, &req.bearer_token, Method::StreamBootConfig).await {
+        Ok(c) => c,
+        Err(e) => {
+            Shared::inc(&shared.boot_stream_errors_total);
+            return answer_error(shard, io, m, id, e).await;
+        }
+    };
+    let plan = match plan_boot(shard, req, &caller) {
         Ok(p) => p,
         Err(e) => {
             Shared::inc(&shared.boot_stream_errors_total);
+            if e.code == ErrorCode::PermissionDenied {
+                crate::rpc::record_denial(shard, Some(&caller), Method::StreamBootConfig, &e.message);
+            }
             return answer_error(shard, io, m, id, e).await;
         }
     };
@@ -277,8 +285,8 @@ struct BootPlan {
     last_known_node_version: Option<u64>,
 }
 
-/// After [`crate::rpc::authenticate`].
-fn plan_boot(shard: &ShardRef, req: &Request) -> Result<BootPlan, RemoteError> {
+/// After [`crate::rpc::authenticate`]; `caller` must be allowed to read the node.
+fn plan_boot(shard: &ShardRef, req: &Request, caller: &Caller) -> Result<BootPlan, RemoteError> {
     let r = BootConfigRequest::decode(&req.body[..])
         .map_err(|e| err(ErrorCode::InvalidArgument, format!("StreamBootConfig request does not decode: {e}")))?;
     validate_id(&r.node_id, "node_id").map_err(|m| err(ErrorCode::InvalidArgument, m))?;
@@ -302,6 +310,8 @@ fn plan_boot(shard: &ShardRef, req: &Request) -> Result<BootPlan, RemoteError> {
             ),
         ));
     }
+    let target = authz::Target::Node { node: &r.node_id, vcluster: Some(vc.clone()) };
+    authz::check(caller, authz::Need::Read, &target).map_err(|m| err(ErrorCode::PermissionDenied, m))?;
     let overlay = cached_overlay(shard, &txn, &vc)?;
     Ok(BootPlan {
         overlay,
@@ -542,7 +552,8 @@ fn feed_once(shard: &ShardRef) -> Result<(), RemoteError> {
         return Ok(());
     }
     while cursor < latest {
-        let batch = shard.store.list_entries(&txn, None, cursor + 1, latest, FEED_BATCH, true).map_err(internal)?;
+        let batch =
+            shard.store.list_entries(&txn, None, cursor + 1..=latest, FEED_BATCH, true, &|_| true).map_err(internal)?;
         let Some(last) = batch.last().map(|e| e.sequence) else { break };
         for e in &batch {
             let updates = updates_for(shard, &txn, e)?;
@@ -574,12 +585,18 @@ pub async fn subscribe<S: AsyncWrite + Unpin>(
     if let Err(e) = shard.wait_stored().await {
         return answer_error(shard, io, m, id, e).await;
     }
-    if let Err(e) = crate::rpc::authenticate(shard, &req.bearer_token).await {
-        return answer_error(shard, io, m, id, e).await;
-    }
-    let (sub, rx, mut last) = match open_subscription(shard, req) {
-        Ok(x) => x,
+    let caller = match crate::rpc::authenticate(shard, &req.bearer_token, Method::SubscribeConfigUpdates).await {
+        Ok(c) => c,
         Err(e) => return answer_error(shard, io, m, id, e).await,
+    };
+    let (sub, rx, mut last) = match open_subscription(shard, req, &caller) {
+        Ok(x) => x,
+        Err(e) => {
+            if e.code == ErrorCode::PermissionDenied {
+                crate::rpc::record_denial(shard, Some(&caller), Method::SubscribeConfigUpdates, &e.message);
+            }
+            return answer_error(shard, io, m, id, e).await;
+        }
     };
     shard.shared.subscriptions_active.fetch_add(1, Ordering::Relaxed);
     let result = run_subscription(shard, io, id, &sub, &rx, &mut last).await;
@@ -590,8 +607,8 @@ pub async fn subscribe<S: AsyncWrite + Unpin>(
 
 type Opened = (Rc<Subscriber>, LocalReceiver<ConfigUpdate>, u64);
 
-/// After [`crate::rpc::authenticate`].
-fn open_subscription(shard: &ShardRef, req: &Request) -> Result<Opened, RemoteError> {
+/// After [`crate::rpc::authenticate`]; `caller` must be allowed to read what it follows.
+fn open_subscription(shard: &ShardRef, req: &Request, caller: &Caller) -> Result<Opened, RemoteError> {
     let r = SubscribeRequest::decode(&req.body[..])
         .map_err(|e| err(ErrorCode::InvalidArgument, format!("SubscribeConfigUpdates request does not decode: {e}")))?;
     if !r.node_id.is_empty() {
@@ -610,6 +627,20 @@ fn open_subscription(shard: &ShardRef, req: &Request) -> Result<Opened, RemoteEr
             }
         }
     }
+    let may = if !r.node_id.is_empty() {
+        authz::check(
+            caller,
+            authz::Need::Read,
+            &authz::Target::Node { node: &r.node_id, vcluster: Some(vc.clone()).filter(|v| !v.is_empty()) },
+        )
+    } else if !vc.is_empty() {
+        authz::check(caller, authz::Need::Read, &authz::Target::VCluster(&vc))
+    } else if matches!(authz::role(caller), authz::Role::Admin | authz::Role::ServiceAi) {
+        Ok(())
+    } else {
+        Err(format!("{} may not follow every vCluster: name a vCluster or a node", caller.role))
+    };
+    may.map_err(|m| err(ErrorCode::PermissionDenied, m))?;
     let queue = shard.shared.subscriber_buffer.load(Ordering::Relaxed).clamp(1, 1_000_000) as usize;
     let (tx, rx) = local_channel::new_bounded(queue);
     let sub = Rc::new(Subscriber {
@@ -643,8 +674,10 @@ async fn run_subscription<S: AsyncWrite + Unpin>(
         }
         let items = {
             let txn = shard.store.read_txn().map_err(|e| e.to_string())?;
-            let batch =
-                shard.store.list_entries(&txn, None, *last + 1, cursor, FEED_BATCH, true).map_err(|e| e.to_string())?;
+            let batch = shard
+                .store
+                .list_entries(&txn, None, *last + 1..=cursor, FEED_BATCH, true, &|_| true)
+                .map_err(|e| e.to_string())?;
             let mut items = Vec::new();
             for e in &batch {
                 for (topic, u) in updates_for(shard, &txn, e).map_err(|e| e.message)? {

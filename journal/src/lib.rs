@@ -1,6 +1,8 @@
 //! pact-journal as a library: the binary (`main.rs`) wires these together; the deterministic
 //! simulation and the tests use them directly. See ARCHITECTURE.md for the codemap.
 
+pub mod audit;
+pub mod authz;
 pub mod boot;
 pub mod cluster;
 pub mod codec;

@@ -1,11 +1,12 @@
 //! The config/log service: one function per method. Every request is authenticated first;
 //! reads are served from this replica's store, writes go through raft.
 
+use crate::authz;
 use crate::shard::ShardRef;
 use crate::shared::Shared;
 use crate::state;
 use pact_proto::auth::{AuthError, Caller};
-use pact_proto::config::{ConfigEntry, Identity, PrincipalType};
+use pact_proto::config::{scope::Target, ConfigEntry, Identity, PrincipalType, Scope};
 use pact_proto::journal::{
     apply_result, command, AppendEntryRequest, ChangeMembershipRequest, GetEntryRequest, GetNodeStateRequest,
     GetOverlayRequest, JournalStatus, ListEntriesRequest, Member, MemberStatus, MembershipAction, SetNodeStateRequest,
@@ -40,7 +41,61 @@ fn internal(e: impl std::fmt::Display) -> RemoteError {
 /// Verifies the request's bearer token. A token signed with a key the cached JWKS does not
 /// hold makes one refresh (rate-limited by the verifier) on the executor's blocking pool, so
 /// the shard keeps serving while the IdP answers.
-pub async fn authenticate(shard: &ShardRef, token: &str) -> Result<Caller, RemoteError> {
+pub async fn authenticate(shard: &ShardRef, token: &str, method: Method) -> Result<Caller, RemoteError> {
+    let r = verify_token(shard, token).await;
+    if let Err(e) = &r {
+        record_denial(shard, None, method, &e.message);
+    }
+    r
+}
+
+/// Puts a refused request on the record (bounded: see `audit`), without delaying the answer.
+pub fn record_denial(shard: &ShardRef, caller: Option<&Caller>, method: Method, why: &str) {
+    let Some(entry) = crate::audit::denial(&shard.audit, shard.shared.node_id, caller, method.name(), None, why) else {
+        Shared::inc(&shard.shared.denials_unrecorded_total);
+        return;
+    };
+    Shared::inc(&shard.shared.denials_recorded_total);
+    let s = shard.clone();
+    glommio::spawn_local(async move {
+        if let Err(e) = s.propose(command::Op::AppendEntry(entry)).await {
+            crate::debug!("a refused request was not recorded: {e}");
+        }
+    })
+    .detach();
+}
+
+/// The target a node-scoped request touches: the node and the vCluster it is assigned to.
+fn node_target<'a>(shard: &ShardRef, node: &'a str) -> Result<authz::Target<'a>, RemoteError> {
+    let txn = shard.store.read_txn().map_err(internal)?;
+    let vc = shard.store.get_node_record(&txn, node).map_err(internal)?.map(|r| r.assigned_vcluster);
+    Ok(authz::Target::Node { node, vcluster: vc.filter(|v| !v.is_empty()) })
+}
+
+/// The target of an entry's scope.
+fn scope_target<'a>(shard: &ShardRef, scope: Option<&'a Scope>) -> Result<authz::Target<'a>, RemoteError> {
+    match scope.and_then(|s| s.target.as_ref()) {
+        Some(Target::NodeId(n)) => node_target(shard, n),
+        Some(Target::VclusterId(v)) => Ok(authz::Target::VCluster(v)),
+        Some(Target::Global(_)) | None => Ok(authz::Target::Global),
+    }
+}
+
+fn denied(m: String) -> RemoteError {
+    err(ErrorCode::PermissionDenied, m)
+}
+
+/// `caller` may `need` on what `scope` names.
+fn allow(shard: &ShardRef, caller: &Caller, need: authz::Need, scope: Option<&Scope>) -> Result<(), RemoteError> {
+    authz::check(caller, need, &scope_target(shard, scope)?).map_err(denied)
+}
+
+/// Whether `caller` may see entry `e` (reads of lists are filtered by this).
+fn may_read(shard: &ShardRef, caller: &Caller, e: &ConfigEntry) -> bool {
+    authz::role(caller) == authz::Role::Admin || allow(shard, caller, authz::Need::Read, e.scope.as_ref()).is_ok()
+}
+
+async fn verify_token(shard: &ShardRef, token: &str) -> Result<Caller, RemoteError> {
     let Some(v) = &shard.verifier else {
         return Err(err(
             ErrorCode::Unauthenticated,
@@ -78,7 +133,17 @@ fn is_read(m: Method) -> bool {
 }
 
 pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<Reply, RemoteError> {
-    let caller = authenticate(shard, &req.bearer_token).await?;
+    let caller = authenticate(shard, &req.bearer_token, method).await?;
+    let r = handle_as(shard, method, req, &caller).await;
+    if let Err(e) = &r {
+        if e.code == ErrorCode::PermissionDenied {
+            record_denial(shard, Some(&caller), method, &e.message);
+        }
+    }
+    r
+}
+
+async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Caller) -> Result<Reply, RemoteError> {
     let body = &req.body[..];
     if req.linearizable && is_read(method) {
         // Read index: wait until this replica has applied what the leader had committed.
@@ -94,10 +159,18 @@ pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<R
             let r: AppendEntryRequest = decode(method, body)?;
             let mut entry: ConfigEntry = r.entry.ok_or_else(|| err(ErrorCode::InvalidArgument, "entry is missing"))?;
             // The author is whoever the verified token says; the body cannot claim otherwise.
-            entry.author = Some(identity_of(&caller));
+            entry.author = Some(identity_of(caller));
             entry.sequence = 0;
             entry.timestamp = None;
             state::validate_entry(&entry).map_err(|m| err(ErrorCode::InvalidArgument, m))?;
+            let kind = pact_proto::config::EntryType::try_from(entry.entry_type)
+                .map_err(|_| err(ErrorCode::InvalidArgument, "unknown entry type"))?;
+            shard.wait_stored().await?;
+            authz::check_append(caller, kind, &scope_target(shard, entry.scope.as_ref())?).map_err(denied)?;
+            if let Some(vc) = (kind == pact_proto::config::EntryType::NodeMoved).then_some(&entry.target_vcluster) {
+                // Moving a node also acts on the vCluster it goes to.
+                authz::check(caller, authz::Need::Write, &authz::Target::VCluster(vc)).map_err(denied)?;
+            }
             if let Some(p) = entry.parent {
                 let next = next_sequence(shard)?;
                 if p == 0 || p >= next {
@@ -122,7 +195,10 @@ pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<R
             let r: GetEntryRequest = decode(method, body)?;
             let txn = shard.store.read_txn().map_err(internal)?;
             match shard.store.get_entry(&txn, r.sequence).map_err(internal)? {
-                Some(e) => Ok(Reply::One(e.encode_to_vec())),
+                Some(e) => {
+                    allow(shard, caller, authz::Need::Read, e.scope.as_ref())?;
+                    Ok(Reply::One(e.encode_to_vec()))
+                }
                 None => Err(err(ErrorCode::NotFound, format!("no entry with sequence {}", r.sequence))),
             }
         }
@@ -133,16 +209,25 @@ pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<R
                 n => n.min(MAX_LIST_LIMIT),
             } as usize;
             let scope = r.scope.as_ref().filter(|s| s.target.is_some());
+            if scope.is_some() {
+                allow(shard, caller, authz::Need::Read, scope)?;
+            }
             let txn = shard.store.read_txn().map_err(internal)?;
+            // Without a scope, a caller who may not read everything sees what it may read.
+            let keep = |e: &ConfigEntry| {
+                (r.entry_types.is_empty() || r.entry_types.contains(&e.entry_type))
+                    && (r.author.is_empty() || e.author.as_ref().is_some_and(|a| a.principal == r.author))
+                    && (scope.is_some() || may_read(shard, caller, e))
+            };
             let entries = shard
                 .store
                 .list_entries(
                     &txn,
                     scope,
-                    r.from_sequence.unwrap_or(1),
-                    r.to_sequence.unwrap_or(u64::MAX),
+                    r.from_sequence.unwrap_or(1)..=r.to_sequence.unwrap_or(u64::MAX),
                     limit,
                     r.oldest_first,
+                    &keep,
                 )
                 .map_err(internal)?;
             Ok(Reply::Stream(entries.iter().map(|e| e.encode_to_vec()).collect()))
@@ -150,6 +235,7 @@ pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<R
         Method::GetNodeState => {
             let r: GetNodeStateRequest = decode(method, body)?;
             state::validate_id(&r.node_id, "node id").map_err(|m| err(ErrorCode::InvalidArgument, m))?;
+            authz::check(caller, authz::Need::Read, &node_target(shard, &r.node_id)?).map_err(denied)?;
             let txn = shard.store.read_txn().map_err(internal)?;
             match shard.store.get_node_state(&txn, &r.node_id).map_err(internal)? {
                 Some(s) => Ok(Reply::One(s.encode_to_vec())),
@@ -159,7 +245,9 @@ pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<R
         Method::SetNodeState => {
             let mut r: SetNodeStateRequest = decode(method, body)?;
             state::validate_id(&r.node_id, "node id").map_err(|m| err(ErrorCode::InvalidArgument, m))?;
-            r.author = Some(identity_of(&caller));
+            shard.wait_stored().await?;
+            authz::check(caller, authz::Need::Write, &node_target(shard, &r.node_id)?).map_err(denied)?;
+            r.author = Some(identity_of(caller));
             let result = shard.propose(command::Op::SetNodeState(r)).await?;
             match result.result {
                 Some(apply_result::Result::NodeStateSet(s)) => Ok(Reply::One(s.encode_to_vec())),
@@ -170,6 +258,7 @@ pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<R
         Method::GetOverlay => {
             let r: GetOverlayRequest = decode(method, body)?;
             state::validate_id(&r.vcluster_id, "vcluster id").map_err(|m| err(ErrorCode::InvalidArgument, m))?;
+            authz::check(caller, authz::Need::Read, &authz::Target::VCluster(&r.vcluster_id)).map_err(denied)?;
             let txn = shard.store.read_txn().map_err(internal)?;
             match shard.store.get_overlay(&txn, &r.vcluster_id).map_err(internal)? {
                 Some(o) => Ok(Reply::One(o.encode_to_vec())),
@@ -178,7 +267,7 @@ pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<R
         }
         Method::JournalStatus => Ok(Reply::One(status(shard)?.encode_to_vec())),
         Method::ChangeMembership => {
-            if caller.role != "pact-platform-admin" {
+            if authz::role(caller) != authz::Role::Admin {
                 return Err(err(
                     ErrorCode::PermissionDenied,
                     "changing the journal membership needs pact-platform-admin",

@@ -66,6 +66,8 @@ pub struct Shard {
     pub proposals: ProposalTx,
     /// This shard's overlay cache and subscription feed.
     pub boot: crate::boot::Local,
+    /// Bounds on recording refused requests (see `audit`).
+    pub audit: crate::audit::Limiter,
     pending: RefCell<HashMap<u64, LocalSender<Outcome>>>,
     next_proposal: Cell<u64>,
 }
@@ -85,6 +87,7 @@ impl Shard {
             verifier,
             proposals,
             boot: Default::default(),
+            audit: Default::default(),
             pending: RefCell::new(HashMap::new()),
             next_proposal: Cell::new(1),
         }

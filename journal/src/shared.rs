@@ -49,6 +49,9 @@ pub struct Shared {
     pub boot_streams_total: AtomicU64,
     pub boot_streams_busy_total: AtomicU64,
     pub boot_stream_errors_total: AtomicU64,
+    /// Refused requests put on the record, and those only counted (see `audit`).
+    pub denials_recorded_total: AtomicU64,
+    pub denials_unrecorded_total: AtomicU64,
     pub boot_stream_micros_total: AtomicU64,
     /// Completed boot streams by duration: counts per `BOOT_BUCKETS_SECONDS` upper bound
     /// (not cumulative here; `/metrics` sums them), the last slot for +Inf.

@@ -404,7 +404,7 @@ mod tests {
         let e2 = store.get_entry(&r, 2).unwrap().unwrap();
         assert_eq!(e2.timestamp.unwrap().seconds, 100);
         assert_eq!(store.entry_count(&r).unwrap(), 3);
-        let newest = store.list_entries(&r, None, 1, u64::MAX, 2, false).unwrap();
+        let newest = store.list_entries(&r, None, 1..=u64::MAX, 2, false, &|_| true).unwrap();
         assert_eq!(newest.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![3, 2]);
         drop(r);
         let _ = std::fs::remove_dir_all(&dir);

@@ -20,6 +20,8 @@ use std::sync::Arc;
 /// Virtual size of the memory map. LMDB only uses disk for what is written.
 const MAP_SIZE: usize = 64 << 30;
 const MAX_READERS: u32 = 1024;
+/// Most entries one list request looks at (filters may skip most of them).
+pub const MAX_LIST_SCAN: usize = 100_000;
 
 pub type Db = Database<Bytes, Bytes>;
 
@@ -496,11 +498,12 @@ impl Store {
         &self,
         r: &RoTxn,
         scope: Option<&Scope>,
-        from: u64,
-        to: u64,
+        seqs: std::ops::RangeInclusive<u64>,
         limit: usize,
         oldest_first: bool,
+        keep: &dyn Fn(&ConfigEntry) -> bool,
     ) -> Result<Vec<ConfigEntry>> {
+        let (from, to) = (*seqs.start(), *seqs.end());
         if from > to || limit == 0 {
             return Ok(Vec::new());
         }
@@ -521,16 +524,22 @@ impl Store {
             if oldest_first { Box::new(db.range(r, &range)?) } else { Box::new(db.rev_range(r, &range)?) };
         let indexed = scope.is_some_and(|s| s.target.is_some());
         let mut out = Vec::new();
-        for kv in cursor.take(limit) {
+        // A filter that matches little must not turn one request into a walk of the whole
+        // log: at most MAX_LIST_SCAN entries are looked at (the answer is then shorter).
+        for kv in cursor.take(MAX_LIST_SCAN) {
             let (k, v) = kv?;
-            if indexed {
+            let e = if indexed {
                 let seq = sequence_of_index_key(k).ok_or_else(|| StoreError::Corrupt("entry_scope key".into()))?;
-                let e = self
-                    .get_entry(r, seq)?
-                    .ok_or_else(|| StoreError::Corrupt(format!("index names missing entry {seq}")))?;
-                out.push(e);
+                self.get_entry(r, seq)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("index names missing entry {seq}")))?
             } else {
-                out.push(decode_prost(v, "entry")?);
+                decode_prost(v, "entry")?
+            };
+            if keep(&e) {
+                out.push(e);
+                if out.len() == limit {
+                    break;
+                }
             }
         }
         Ok(out)
@@ -811,7 +820,7 @@ mod tests {
         w.commit().unwrap();
         let r = store.read_txn().unwrap();
         let seqs = |s: Option<&Scope>, from, to, limit, oldest| -> Vec<u64> {
-            store.list_entries(&r, s, from, to, limit, oldest).unwrap().iter().map(|e| e.sequence).collect()
+            store.list_entries(&r, s, from..=to, limit, oldest, &|_| true).unwrap().iter().map(|e| e.sequence).collect()
         };
         assert_eq!(seqs(None, 1, u64::MAX, 3, false), vec![12, 11, 10]);
         assert_eq!(seqs(None, 1, u64::MAX, 3, true), vec![1, 2, 3]);

@@ -295,18 +295,19 @@ fn a_one_node_journal_from_the_guide_config_serves_stops_restarts_and_refuses_bo
     assert_eq!(refused.expect_err("wrong issuer must be refused").exit_code(), 2);
 
     // /health reads the store as it is: an append is acknowledged at commit, a moment before
-    // its applied state is stored, so the count may take that moment to show.
+    // its applied state is stored, so the count may take that moment to show. Two entries:
+    // the append, and the record of the refused token (written in the background).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let (code, body) = loop {
         let (code, body) = http_get(metrics_port, "/health").expect("GET /health");
-        if body.contains("\"entries\":1") || std::time::Instant::now() > deadline {
+        if body.contains("\"entries\":2") || std::time::Instant::now() > deadline {
             break (code, body);
         }
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"role\":\"leader\""), "{body}");
-    assert!(body.contains("\"entries\":1"), "{body}");
+    assert!(body.contains("\"entries\":2"), "{body}");
     let (code, metrics) = http_get(metrics_port, "/metrics").expect("GET /metrics");
     assert_eq!(code, 200);
     assert!(metrics.contains("pact_journal_up"), "{metrics}");
@@ -324,13 +325,15 @@ fn a_one_node_journal_from_the_guide_config_serves_stops_restarts_and_refuses_bo
     let mut p = start("second", &[]);
     let mut c = wait_serving(&mut p, metrics_port, &endpoint, &ca, &token);
     let all = list_all(&mut c);
-    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all.len(), 2, "{all:?}");
     assert_eq!(all[0].sequence, 1);
+    assert!(all[1].policy_ref.starts_with("denied: AppendEntry: unauthenticated: token rejected"), "{all:?}");
+    assert_eq!(all[1].author.as_ref().map(|a| a.principal.as_str()), Some("journal-1"));
     assert_eq!(all[0].policy_ref, "recorded from the guide's config");
     assert_eq!(all[0].author.as_ref().map(|a| a.principal.as_str()), Some("ops-alice"));
     let r: AppendEntryResponse =
         c.call(Method::AppendEntry, &AppendEntryRequest { entry: Some(entry) }).expect("append after restart");
-    assert_eq!(r.sequence, 2, "sequences continue after a restart");
+    assert_eq!(r.sequence, 3, "sequences continue after a restart");
     drop(c);
     let st = p.terminate();
     assert_eq!(st.code(), Some(0), "{}", p.output());
@@ -343,7 +346,7 @@ fn a_one_node_journal_from_the_guide_config_serves_stops_restarts_and_refuses_bo
 
     let mut p = start("third", &[]);
     let mut c = wait_serving(&mut p, metrics_port, &endpoint, &ca, &token);
-    assert_eq!(list_all(&mut c).len(), 2);
+    assert_eq!(list_all(&mut c).len(), 3);
     drop(c);
     assert_eq!(p.terminate().code(), Some(0), "{}", p.output());
 }

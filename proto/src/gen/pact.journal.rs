@@ -31,6 +31,12 @@ pub struct ListEntriesRequest {
     /// Newest first unless set.
     #[prost(bool, tag = "5")]
     pub oldest_first: bool,
+    /// Only these entry types (empty = all).
+    #[prost(enumeration = "super::config::EntryType", repeated, tag = "6")]
+    pub entry_types: ::prost::alloc::vec::Vec<i32>,
+    /// Only entries whose author principal is this (empty = all).
+    #[prost(string, tag = "7")]
+    pub author: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetNodeStateRequest {

@@ -1,0 +1,138 @@
+//! Refused requests go on the record: an `ADMIN_OPERATION` entry whose message starts with
+//! `denied:`, carrying the verified identity when there is one.
+//!
+//! Recording costs a Raft write, so it is bounded: each shard has two token buckets, one for
+//! requests refused before a caller was known (no or bad token: anyone can send those) and one
+//! for authenticated callers refused by their role. A bucket holds [`BURST`] records and
+//! refills one every [`REFILL`]. A refusal that finds its bucket empty is counted, and the
+//! count is carried by the next record of that bucket ("... and N more refused since"), so the
+//! log never loses that refusals happened, only their individual details under a flood.
+
+use pact_proto::auth::Caller;
+use pact_proto::config::{scope::Target as ScopeTarget, ConfigEntry, EntryType, Identity, PrincipalType, Scope};
+use std::cell::RefCell;
+use std::time::{Duration, Instant};
+
+/// Records a bucket may make in a burst.
+pub const BURST: u32 = 30;
+/// One more record allowed per this much time.
+pub const REFILL: Duration = Duration::from_secs(2);
+/// Longest detail kept in a record.
+const MAX_DETAIL: usize = 300;
+
+struct Bucket {
+    tokens: u32,
+    last: Instant,
+    suppressed: u64,
+}
+
+impl Bucket {
+    fn new() -> Bucket {
+        Bucket { tokens: BURST, last: Instant::now(), suppressed: 0 }
+    }
+
+    /// Some(n): record now, carrying n earlier suppressed refusals; None: suppressed.
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        let earned = (now.saturating_duration_since(self.last).as_millis() / REFILL.as_millis()) as u32;
+        if earned > 0 {
+            self.tokens = (self.tokens + earned).min(BURST);
+            self.last += REFILL * earned;
+        }
+        if self.tokens == 0 {
+            self.suppressed += 1;
+            return None;
+        }
+        self.tokens -= 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+pub struct Limiter {
+    unauthenticated: RefCell<Bucket>,
+    unauthorised: RefCell<Bucket>,
+}
+
+impl Default for Limiter {
+    fn default() -> Self {
+        Limiter { unauthenticated: RefCell::new(Bucket::new()), unauthorised: RefCell::new(Bucket::new()) }
+    }
+}
+
+/// The entry recording one refusal, or None when the bucket is empty. `caller` None: the
+/// request was refused before a caller was known; the journal itself is then the author.
+pub fn denial(
+    limits: &Limiter,
+    journal_id: u64,
+    caller: Option<&Caller>,
+    method: &str,
+    scope: Option<Scope>,
+    why: &str,
+) -> Option<ConfigEntry> {
+    let now = Instant::now();
+    let bucket = if caller.is_some() { &limits.unauthorised } else { &limits.unauthenticated };
+    let earlier = bucket.borrow_mut().take(now)?;
+    let author = match caller {
+        Some(c) => Identity {
+            principal: c.principal.clone(),
+            principal_type: match c.principal_type.as_str() {
+                "agent" => PrincipalType::Agent,
+                "service" => PrincipalType::Service,
+                _ => PrincipalType::Human,
+            } as i32,
+            role: c.role.clone(),
+        },
+        None => Identity {
+            principal: format!("journal-{journal_id}"),
+            principal_type: PrincipalType::Service as i32,
+            role: "pact-journal".into(),
+        },
+    };
+    let mut detail: String = why.chars().filter(|c| !c.is_control()).take(MAX_DETAIL).collect();
+    if caller.is_none() {
+        detail = format!("unauthenticated: {detail}");
+    }
+    if earlier > 0 {
+        detail.push_str(&format!(" (and {earlier} more refused since the last record)"));
+    }
+    Some(ConfigEntry {
+        entry_type: EntryType::AdminOperation as i32,
+        scope: Some(scope.unwrap_or(Scope { target: Some(ScopeTarget::Global(true)) })),
+        author: Some(author),
+        policy_ref: format!("denied: {method}: {detail}"),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_bounds_records_and_counts_the_rest() {
+        let mut b = Bucket::new();
+        let t0 = Instant::now();
+        for _ in 0..BURST {
+            assert_eq!(b.take(t0), Some(0));
+        }
+        assert_eq!(b.take(t0), None);
+        assert_eq!(b.take(t0), None);
+        // One refill later the next record carries the two suppressed ones.
+        assert_eq!(b.take(t0 + REFILL), Some(2));
+        assert_eq!(b.take(t0 + REFILL), None);
+        assert_eq!(b.take(t0 + REFILL * 100), Some(1));
+    }
+
+    #[test]
+    fn records_name_the_caller_or_the_journal() {
+        let l = Limiter::default();
+        let c = Caller { principal: "bob".into(), role: "pact-viewer-ml".into(), principal_type: "human".into() };
+        let e = denial(&l, 1, Some(&c), "AppendEntry", None, "pact-viewer-ml may not write vc:ml").unwrap();
+        assert_eq!(e.author.as_ref().unwrap().principal, "bob");
+        assert_eq!(e.policy_ref, "denied: AppendEntry: pact-viewer-ml may not write vc:ml");
+        crate::state::validate_entry(&e).unwrap();
+        let e = denial(&l, 3, None, "ListEntries", None, "token rejected:\nexpired").unwrap();
+        assert_eq!(e.author.as_ref().unwrap().principal, "journal-3");
+        assert_eq!(e.policy_ref, "denied: ListEntries: unauthenticated: token rejected:expired");
+        crate::state::validate_entry(&e).unwrap();
+    }
+}
