@@ -10,9 +10,14 @@
 //! blocks, and this runs on the boot path.
 //!
 //! Field names follow `proto/proto/capability.proto` where the same fact exists there
-//! (`logical_cores`, `total_bytes`, `speed_mbps`, ...). GPUs are discovered by a later issue:
-//! until then `gpus` is always empty and `gpu_discovery` says `"not implemented"`, so a
-//! consumer can tell "no GPUs" from "not looked for".
+//! (`logical_cores`, `total_bytes`, `speed_mbps`, ...).
+//!
+//! GPUs: NVIDIA ones through NVML (feature `gpu`, which both release variants build with; the
+//! library is loaded at run time, so a node without the driver reports why instead of
+//! failing), AMD ones through sysfs (`/sys/class/drm/card*/device` with vendor 0x1002).
+//! `gpu_discovery` says what was looked at and what each source answered, so a consumer can
+//! tell "no GPUs" from "not looked for". Health, utilisation and the polling of
+//! `gpu_poll_interval_seconds` come with the capability issue.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
@@ -41,9 +46,9 @@ pub struct Capability {
     pub memory: Memory,
     pub network_interfaces: Vec<NetworkInterface>,
     pub storage: Storage,
-    /// Always empty for now (see `gpu_discovery`).
     pub gpus: Vec<Gpu>,
-    /// `"not implemented"` until GPU discovery exists.
+    /// Each source and its answer: `"nvml: 2 device(s); sysfs amd: 0"`,
+    /// `"nvml: not available (...); sysfs amd: 0"`, `"nvml: not built in; ..."`.
     pub gpu_discovery: String,
     /// Files that could not be read or parsed, as `"<path>: <error>"`.
     pub errors: Vec<String>,
@@ -208,6 +213,13 @@ pub fn collect() -> Capability {
     let memory = memory(&mut r);
     let network_interfaces = network(&mut r);
     let storage = storage(&mut r);
+    let (mut gpus, nvml) = nvidia_gpus();
+    let amd = amd_gpus(Path::new("/sys/class/drm"));
+    let gpu_discovery = format!("nvml: {nvml}; sysfs amd: {}", amd.len());
+    gpus.extend(amd);
+    for (i, g) in gpus.iter_mut().enumerate() {
+        g.index = i as u32;
+    }
     Capability {
         schema_version: SCHEMA_VERSION,
         collected_at_unix_ms,
@@ -217,10 +229,82 @@ pub fn collect() -> Capability {
         memory,
         network_interfaces,
         storage,
-        gpus: Vec::new(),
-        gpu_discovery: "not implemented".into(),
+        gpus,
+        gpu_discovery,
         errors: r.errors,
     }
+}
+
+/// NVIDIA GPUs through NVML, and what NVML answered.
+#[cfg(feature = "gpu")]
+fn nvidia_gpus() -> (Vec<Gpu>, String) {
+    use nvml_wrapper::Nvml;
+    let nvml = match Nvml::init() {
+        Ok(n) => n,
+        Err(e) => return (Vec::new(), format!("not available ({e})")),
+    };
+    let count = match nvml.device_count() {
+        Ok(c) => c.min(MAX_ENTRIES as u32),
+        Err(e) => return (Vec::new(), format!("device count failed ({e})")),
+    };
+    let mut gpus = Vec::new();
+    let mut failed = Vec::new();
+    for i in 0..count {
+        match nvml.device_by_index(i) {
+            Ok(d) => gpus.push(Gpu {
+                index: i,
+                vendor: "nvidia".into(),
+                model: d.name().unwrap_or_default(),
+                memory_bytes: d.memory_info().map(|m| m.total).unwrap_or(0),
+                pci_bus_id: d.pci_info().map(|p| p.bus_id).unwrap_or_default(),
+                uuid: d.uuid().unwrap_or_default(),
+            }),
+            Err(e) => failed.push(format!("device {i}: {e}")),
+        }
+    }
+    let mut said = format!("{} device(s)", gpus.len());
+    if !failed.is_empty() {
+        said.push_str(&format!(" ({})", failed.join(", ")));
+    }
+    (gpus, said)
+}
+
+#[cfg(not(feature = "gpu"))]
+fn nvidia_gpus() -> (Vec<Gpu>, String) {
+    (Vec::new(), "not built in (feature gpu)".into())
+}
+
+/// AMD GPUs under a DRM class directory (`/sys/class/drm`): each `cardN` (not its connectors,
+/// `cardN-DP-1`) whose PCI vendor is 0x1002. The model is the PCI device id, the memory
+/// `mem_info_vram_total` (amdgpu), the bus id the device's PCI address.
+pub fn amd_gpus(drm: &Path) -> Vec<Gpu> {
+    let Ok(dir) = fs::read_dir(drm) else { return Vec::new() };
+    let mut cards: Vec<(u32, std::path::PathBuf)> = dir
+        .filter_map(|e| e.ok())
+        .take(MAX_ENTRIES)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name.strip_prefix("card")?.parse::<u32>().ok()?;
+            Some((n, e.path().join("device")))
+        })
+        .collect();
+    cards.sort();
+    let read = |p: std::path::PathBuf| read_capped(&p).map(|s| s.trim().to_string()).unwrap_or_default();
+    cards
+        .into_iter()
+        .filter(|(_, dev)| read(dev.join("vendor")) == "0x1002")
+        .map(|(_, dev)| Gpu {
+            index: 0,
+            vendor: "amd".into(),
+            model: read(dev.join("device")),
+            memory_bytes: read(dev.join("mem_info_vram_total")).parse().unwrap_or(0),
+            pci_bus_id: fs::canonicalize(&dev)
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default(),
+            uuid: read(dev.join("unique_id")),
+        })
+        .collect()
 }
 
 fn cpu(r: &mut Reader) -> Cpu {

@@ -100,6 +100,18 @@ impl Wake for EventWaker {
     }
 }
 
+/// Modules PID 1 loads on a thread of their own, after the early ones (one `.ko` path a line,
+/// as in `/etc/pact/early-modules`).
+const BACKGROUND_MODULES: &str = "/etc/pact/background-modules";
+
+fn report_modules(results: Vec<(String, Result<(), String>)>, note: &str) {
+    for (m, r) in results {
+        if let Err(e) = r {
+            say(&format!("PACT: background module {m}: {e}{note}"));
+        }
+    }
+}
+
 /// As PID 1 an error must never end the process: log it and keep reaping forever.
 fn hold_forever(sig: &SignalFd, why: &str) -> ! {
     say(&format!("PACT: fatal: {why}; the agent keeps reaping until the node is rebooted"));
@@ -265,9 +277,29 @@ fn run(
     for n in sup.notes() {
         say(&format!("PACT: supervisor: {n}"));
     }
+    let wake_fd = Arc::new(
+        rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)
+            .map_err(|e| format!("eventfd: {e}"))?,
+    );
+    // Modules nothing early needs (the software watchdog) load on their own thread, while
+    // the boot stream waits on the network, instead of before it.
+    let mut background_modules = None;
+    if pid1 && std::path::Path::new(BACKGROUND_MODULES).exists() {
+        let waker = EventWaker(wake_fd.clone());
+        let spawned = std::thread::Builder::new().name("modules".into()).spawn(move || {
+            let results = early::load_modules(std::path::Path::new(BACKGROUND_MODULES));
+            waker.wake();
+            results
+        });
+        match spawned {
+            Ok(h) => background_modules = Some(h),
+            Err(e) => report_modules(early::load_modules(std::path::Path::new(BACKGROUND_MODULES)), &e.to_string()),
+        }
+    }
     // Only init owns the watchdog: opening the device arms it, and an agent that is a
-    // service must not make the machine's reset depend on itself.
-    let mut watchdog = match pid1.then(|| init::Watchdog::open(std::path::Path::new("/dev/watchdog"))).flatten() {
+    // service must not make the machine's reset depend on itself. With background modules,
+    // it is opened once they are in (its driver may be one of them).
+    let open_watchdog = || match pid1.then(|| init::Watchdog::open(std::path::Path::new("/dev/watchdog"))).flatten() {
         Some(Ok(w)) => {
             let timeout = w.timeout.map_or_else(|| "not reported".to_string(), |t| format!("{} s", t.as_secs()));
             say(&format!(
@@ -282,10 +314,7 @@ fn run(
         }
         None => None,
     };
-    let wake_fd = Arc::new(
-        rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)
-            .map_err(|e| format!("eventfd: {e}"))?,
-    );
+    let mut watchdog = if background_modules.is_none() { open_watchdog() } else { None };
     let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(64);
     // As init the agent names the node (ip=...:hostname, else the node id); as a service it
     // leaves the name to the system it runs on.
@@ -334,6 +363,13 @@ fn run(
             rustix::event::Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: i64::from(timeout.subsec_nanos()) };
         let mut fds = [PollFd::new(sig, PollFlags::IN), PollFd::new(&*wake_fd, PollFlags::IN)];
         let _ = rustix::event::poll(&mut fds, Some(&ts));
+        if background_modules.as_ref().is_some_and(|h| h.is_finished()) {
+            match background_modules.take().map(|h| h.join()) {
+                Some(Ok(results)) => report_modules(results, ""),
+                _ => say("PACT: background modules: the loading thread failed"),
+            }
+            watchdog = open_watchdog();
+        }
         let mut stop: Option<PowerAction> = None;
         for s in sig.read_all() {
             match s {

@@ -890,8 +890,15 @@ fn capability_json_parses_back_with_this_machines_facts() {
     assert!(lo.is_virtual && lo.mtu > 0, "{lo:?}");
     assert!(back.storage.mounts.iter().any(|m| m.path == "/"), "no / in {:?}", back.storage.mounts);
     assert!(back.storage.node_type == "diskless" || back.storage.node_type == "local_storage");
-    assert!(back.gpus.is_empty());
-    assert_eq!(back.gpu_discovery, "not implemented");
+    // This machine has no GPU: every source says what it found, and how many (none).
+    assert!(back.gpus.is_empty(), "{:?}", back.gpus);
+    assert!(
+        back.gpu_discovery.starts_with("nvml: ") && back.gpu_discovery.ends_with("; sysfs amd: 0"),
+        "{}",
+        back.gpu_discovery
+    );
+    let nvml = if cfg!(feature = "gpu") { "nvml: not available (" } else { "nvml: not built in" };
+    assert!(back.gpu_discovery.starts_with(nvml), "{}", back.gpu_discovery);
     assert_eq!(back.hostname, current_hostname());
     println!(
         "capability: {} cpus ({} cores, {} sockets) {:?}, {} MiB, {} interfaces, {} block devices, {} mounts, errors {:?}",
@@ -911,4 +918,32 @@ fn capability_json_parses_back_with_this_machines_facts() {
     assert_eq!(Capability::deserialize_json(&fs::read_to_string(&path).unwrap()).unwrap(), Capability::default());
     // A directory that cannot be created is an error, not a panic.
     assert!(capability::write_json(Path::new("/proc/pact-no-such/capability.json"), &c).is_err());
+}
+
+/// AMD GPUs from a DRM class directory laid out as amdgpu's sysfs is (a card, one of its
+/// connectors, and a card of another vendor).
+#[test]
+fn amd_gpus_from_sysfs() {
+    let dir = TempDir::new("drm");
+    let root = dir.path();
+    let pci = root.join("devices/0000:c1:00.0");
+    fs::create_dir_all(&pci).unwrap();
+    fs::write(pci.join("vendor"), "0x1002\n").unwrap();
+    fs::write(pci.join("device"), "0x740f\n").unwrap();
+    fs::write(pci.join("mem_info_vram_total"), "68702699520\n").unwrap();
+    fs::write(pci.join("unique_id"), "a1b2c3\n").unwrap();
+    let other = root.join("devices/0000:02:00.0");
+    fs::create_dir_all(&other).unwrap();
+    fs::write(other.join("vendor"), "0x10de\n").unwrap();
+    let drm = root.join("drm");
+    for (card, dev) in [("card1", &pci), ("card1-DP-1", &pci), ("card0", &other)] {
+        fs::create_dir_all(drm.join(card)).unwrap();
+        std::os::unix::fs::symlink(dev, drm.join(card).join("device")).unwrap();
+    }
+    let gpus = capability::amd_gpus(&drm);
+    assert_eq!(gpus.len(), 1, "{gpus:?}");
+    let g = &gpus[0];
+    assert_eq!((g.vendor.as_str(), g.model.as_str(), g.pci_bus_id.as_str()), ("amd", "0x740f", "0000:c1:00.0"));
+    assert_eq!((g.memory_bytes, g.uuid.as_str()), (68_702_699_520, "a1b2c3"));
+    assert!(capability::amd_gpus(&root.join("nowhere")).is_empty());
 }

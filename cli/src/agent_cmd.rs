@@ -445,6 +445,13 @@ pub fn power(c: &PowerCommand, s: &Settings) -> Result<String, Failure> {
         )
     })?;
     let seq = recorded.sequence;
+    if !recorded.pending_approval_id.is_empty() {
+        // Held for two-person approval: nothing is recorded yet, so the node is not asked.
+        let id = &recorded.pending_approval_id;
+        return Ok(format!(
+            "pending approval {id}: {what} waits for a second person (`pact approve accept {id}`); the node was not asked\n"
+        ));
+    }
     let after =
         |f: Failure| Failure::new(f.code, format!("{what} recorded (seq:{seq}), but not scheduled: {}", f.message));
     let mut client = agent_client(s, &c.node, &c.address).map_err(after)?;

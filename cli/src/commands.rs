@@ -27,6 +27,9 @@ COMMANDS:
   commit -m MSG               record a commit on the current vCluster
   rollback SEQ [-m MSG]       record a rollback to entry SEQ
   apply SPEC.toml             record vCluster overlay and node specs as commits
+  approve list [--all]        changes held for two-person approval
+  approve accept ID           approve one (not your own): the held change is applied
+  approve deny ID -m REASON   reject one
   node assign NODE --vcluster NAME
                               put a node into a vCluster
   node move NODE --to-vcluster NAME
@@ -261,6 +264,7 @@ pub fn run(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<
         "rollback" => ROLLBACK_HELP,
         "apply" => APPLY_HELP,
         "journal" => crate::journal_cmd::HELP,
+        "approve" => crate::approve_cmd::HELP,
         "node" => crate::node_cmd::HELP,
         "watch" => crate::watch_cmd::HELP,
         "service" => crate::agent_cmd::SERVICE_HELP,
@@ -298,6 +302,12 @@ pub fn run(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<
             };
             let first = || connect_with(&s, p.flag("linearizable"));
             crate::journal_cmd::run(&p.positionals, &opts, &s, first)
+        }
+        "approve" => {
+            p.only("approve", &["scope", "message"], &["all"], 2)?;
+            let opts =
+                crate::approve_cmd::Opts { all: p.flag("all"), scope: p.opt("scope"), message: p.opt("message") };
+            crate::approve_cmd::run(&p.positionals, &opts, &s)
         }
         "node" => {
             p.only("node", &["to-vcluster"], &[], 2)?;
@@ -412,7 +422,7 @@ fn scope_vc(s: &Settings, node: Option<&str>) -> Scope {
     }
 }
 
-fn parse_scope(text: &str) -> Result<Scope, Failure> {
+pub fn parse_scope(text: &str) -> Result<Scope, Failure> {
     let target = if text == "global" {
         Target::Global(true)
     } else if let Some(n) = text.strip_prefix("node:").filter(|n| !n.is_empty()) {
@@ -519,9 +529,15 @@ pub fn append(s: &Settings, entry: ConfigEntry) -> Result<String, Failure> {
         timestamp: output::rfc3339(r.timestamp.as_ref()),
         scope,
         entry_type: kind,
+        pending_approval_id: r.pending_approval_id.clone(),
     };
     Ok(match s.output {
         Format::Json => j.serialize_json(),
+        // Held for a second person: not an error (exit 0), and not applied yet.
+        Format::Text if !j.pending_approval_id.is_empty() => format!(
+            "pending approval {}: {} on {} waits for a second person (`pact approve accept {}`)\n",
+            j.pending_approval_id, j.entry_type, j.scope, j.pending_approval_id
+        ),
         Format::Text => format!("{} recorded (seq:{}) on {}\n", j.entry_type, j.sequence, j.scope),
     })
 }

@@ -12,8 +12,12 @@
 //! | 5    | journal or node agent unreachable, or timed out                    |
 //! | 6    | command not whitelisted                                            |
 //! | 10   | rollback blocked                                                   |
+//!
+//! A write held for two-person approval is not a failure: the command prints
+//! `pending approval ID ...` (JSON: `pending_approval_id`) and exits 0; `pact approve` decides it.
 
 mod agent_cmd;
+mod approve_cmd;
 mod commands;
 mod journal_cmd;
 mod login;

@@ -249,6 +249,9 @@ pub struct AppendedJson {
     pub timestamp: String,
     pub scope: String,
     pub entry_type: String,
+    /// Non-empty when the journal held the entry for two-person approval (`sequence` is then
+    /// the PENDING_APPROVAL entry's) instead of applying it.
+    pub pending_approval_id: String,
 }
 
 #[cfg(test)]

@@ -847,7 +847,7 @@ auto_converge_categories = ["services", "kernel"]
 require_ack_categories = ["mounts", "network", "gpu"]
 regulated = false
 two_person_approval = false
-approval_timeout_seconds = 1800        # docs-only key
+approval_timeout_seconds = 1800        # how long a held change waits (journal default 1800)
 audit_retention_days = 2555
 federation_template = "regulated-sensitive"
 "#;

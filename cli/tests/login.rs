@@ -21,28 +21,24 @@
 
 #[path = "../../journal/tests/common/mod.rs"]
 mod common;
+#[path = "../../images/idp/harness.rs"]
+mod idp;
 mod support;
 
-use common::{free_port, journal_bin, temp_dir, JOURNAL_ENV};
+use common::{free_port, temp_dir};
+use idp::{
+    http, lines_of, now_secs, poll, Answer, Dir, Idp, OidcJournal, Proc, ADMIN, CLIENT_ID, CLIENT_SECRET, DEADLINE,
+    RESOURCE,
+};
 use pact_proto::httpget;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::{parse_json, Cli, Json, Tok};
-
-/// How long a start-up, one request or one login may take before the test gives up.
-const DEADLINE: Duration = Duration::from_secs(30);
-/// How long `npm ci` may take.
-const NPM_DEADLINE: Duration = Duration::from_secs(300);
-const CLIENT_ID: &str = "pact-test";
-const CLIENT_SECRET: &str = "pact-test-secret";
-const RESOURCE: &str = "urn:pact";
-const ADMIN: &str = "pact-platform-admin";
 
 /// Variables of the caller's environment that would change what `pact login` does.
 const LOGIN_ENV: &[&str] = &[
@@ -56,194 +52,26 @@ const LOGIN_ENV: &[&str] = &[
     "WAYLAND_DISPLAY",
 ];
 
-fn sleep_ms(ms: u64) {
-    std::thread::sleep(Duration::from_millis(ms));
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// Calls `f` until it gives `Some`, every `every`, for at most `within`.
-fn poll<T>(within: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= until {
-            return None;
-        }
-        std::thread::sleep(every);
-    }
-}
-
-/// A child process killed (and reaped) when dropped.
-struct Proc {
-    child: Option<Child>,
-    name: &'static str,
-}
-
-impl Proc {
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            eprintln!("stopping {}", self.name);
-        }
-        self.kill();
-    }
-}
-
-/// The test's temp dir, removed when the test passes.
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
-// The identity provider (images/idp), installed and started as journal/tests/oidc.rs does.
+// The identity provider (images/idp, run by its harness as journal/tests/oidc.rs runs it).
 
-fn idp_source_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("images").join("idp")
-}
+/// Client-credentials tokens are pact-platform-admin (so a service account may commit);
+/// the device endpoint announces a 1 s polling interval.
+const IDP_ARGS: &[&str] = &["--service-role", ADMIN, "--user-role", ADMIN, "--device-interval", "1"];
 
-fn node_major() -> Result<u32, String> {
-    let out = Command::new("node").arg("--version").output().map_err(|e| format!("node is not installed ({e})"))?;
-    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    v.trim_start_matches('v')
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .ok_or_else(|| format!("`node --version` said {v:?}"))
-}
-
-/// images/idp with its node_modules installed, or why it cannot be had.
-fn prepare_idp(log: &Path) -> Result<PathBuf, String> {
-    let major = node_major()?;
-    if major < 18 {
-        return Err(format!("node {major} is too old (oidc-provider 8 needs 18 or later)"));
-    }
-    Command::new("npm").arg("--version").output().map_err(|e| format!("npm is not installed ({e})"))?;
-    let dir = idp_source_dir().canonicalize().map_err(|e| format!("images/idp: {e}"))?;
-    if dir.join("node_modules/oidc-provider/package.json").exists() {
-        return Ok(dir);
-    }
-    let verb = if dir.join("package-lock.json").exists() { "ci" } else { "install" };
-    eprintln!("images/idp: npm {verb} (node_modules is missing)");
-    let out = std::fs::File::create(log).unwrap();
-    let child = Command::new("npm")
-        .args([verb, "--no-audit", "--no-fund", "--omit=dev"])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .map_err(|e| format!("cannot run npm: {e}"))?;
-    let mut npm = Proc { child: Some(child), name: "npm" };
-    let until = Instant::now() + NPM_DEADLINE;
-    let status = loop {
-        if let Some(st) = npm.exited() {
-            npm.child = None;
-            break st;
-        }
-        if Instant::now() > until {
-            npm.kill();
-            return Err(format!("npm {verb} took longer than {NPM_DEADLINE:?}"));
-        }
-        sleep_ms(100);
-    };
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    if !status.success() || !dir.join("node_modules/oidc-provider/package.json").exists() {
-        let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-        return Err(format!("npm {verb} in {} failed ({status}):\n{}", dir.display(), tail.join("\n")));
-    }
-    Ok(dir)
-}
-
-struct Idp {
-    proc: Proc,
-    port: u16,
-    stderr: PathBuf,
-}
-
-impl Idp {
-    /// Client-credentials tokens are pact-platform-admin (so a service account may commit);
-    /// the device endpoint announces a 1 s polling interval.
-    fn start(src: &Path, port: u16, keys: &Path, stderr: &Path) -> Idp {
-        let issuer = format!("http://127.0.0.1:{port}");
-        let mut child = Command::new("node")
-            .arg(src.join("server.js"))
-            .args(["--port", &port.to_string(), "--issuer", &issuer])
-            .args(["--service-role", ADMIN, "--user-role", ADMIN, "--device-interval", "1"])
-            .arg("--keys")
-            .arg(keys)
-            .current_dir(src)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(stderr).unwrap()))
-            .spawn()
-            .expect("start node images/idp/server.js");
-        let stdout = child.stdout.take().unwrap();
-        let mut idp = Idp { proc: Proc { child: Some(child), name: "the IdP" }, port, stderr: stderr.to_path_buf() };
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                let _ = tx.send(line);
-            }
-        });
-        let until = Instant::now() + DEADLINE;
-        loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(line) if line.trim() == format!("IDP READY {issuer}") => return idp,
-                Ok(line) => eprintln!("idp: {line}"),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let _ = poll(Duration::from_secs(5), Duration::from_millis(20), || idp.proc.exited());
-                    panic!("the IdP exited before it was ready:\n{}", idp.stderr_text());
-                }
-            }
-            if let Some(st) = idp.proc.exited() {
-                panic!("the IdP exited with {st} before it was ready:\n{}", idp.stderr_text());
-            }
-            assert!(Instant::now() < until, "the IdP was not ready within {DEADLINE:?}:\n{}", idp.stderr_text());
-        }
-    }
-
-    fn issuer(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
+trait TestIdp {
     /// A POST to the token endpoint, as the test (not the CLI) makes it: (status, JSON).
+    fn token_request(&self, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> (u16, Json);
+    /// An admin access token for `pact-test` (client credentials).
+    fn admin_token(&self) -> String;
+}
+
+impl TestIdp for Idp {
     fn token_request(&self, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> (u16, Json) {
-        let url = format!("{}/token", self.issuer());
-        let r = httpget::post_form(&url, None, form, basic, DEADLINE)
-            .unwrap_or_else(|e| panic!("token request: {e}\n{}", self.stderr_text()));
-        (r.status, parse_json(&r.text()))
+        let (status, body) = self.post_token(form, basic);
+        (status, parse_json(&body))
     }
 
-    /// An admin access token for `pact-test` (client credentials).
     fn admin_token(&self) -> String {
         let (code, v) = self.token_request(
             &[("grant_type", "client_credentials"), ("resource", RESOURCE)],
@@ -257,51 +85,14 @@ impl Idp {
 // ---------------------------------------------------------------------------------------
 // A browser, as small as the IdP's pages allow: GET and form POST over HTTP/1.0, cookies by
 // path, redirects followed, the first form of a page submitted with its hidden fields.
-
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+/// What the test sends as a browser would (the IdP's pages and the CLI's callback).
+fn html_accept() -> [(&'static str, String); 1] {
+    [("Accept", "text/html,*/*".to_string())]
 }
 
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-}
-
-/// One request on loopback: the URL's host is connected to as 127.0.0.1 (a `localhost`
-/// callback included, which is where the CLI listens).
-fn http(method: &str, url: &str, headers: &[(&str, String)], body: &str) -> Result<Answer, String> {
-    let u = httpget::Url::parse(url)?;
-    let mut s = TcpStream::connect(("127.0.0.1", u.port)).map_err(|e| format!("connect {url}: {e}"))?;
-    s.set_read_timeout(Some(DEADLINE)).map_err(|e| e.to_string())?;
-    let mut req = format!(
-        "{method} {} HTTP/1.0\r\nHost: {}:{}\r\nAccept: text/html,*/*\r\nContent-Length: {}\r\n",
-        u.path,
-        u.host,
-        u.port,
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).map_err(|e| format!("send {url}: {e}"))?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| format!("read {url}: {e}"))?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("{url}: no HTTP header in {text:?}"))?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("{url}: bad status line in {head:?}"))?;
-    let headers =
-        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
-    Ok(Answer { status, headers, body: body.to_string() })
+/// One GET of `url` as a browser.
+fn browse(url: &str) -> Result<Answer, String> {
+    http("GET", url, &html_accept(), b"")
 }
 
 /// Where a walk through the IdP's pages ended.
@@ -375,7 +166,7 @@ impl Browser {
     fn send(&mut self, method: &str, url: &str, form: Option<&str>) -> Answer {
         let path = httpget::Url::parse(url).unwrap().path;
         let path = path.split('?').next().unwrap().to_string();
-        let mut headers = vec![];
+        let mut headers = html_accept().to_vec();
         let cookie = self.cookie_header(&path);
         if !cookie.is_empty() {
             headers.push(("Cookie", cookie));
@@ -384,7 +175,7 @@ impl Browser {
             headers.push(("Content-Type", "application/x-www-form-urlencoded".to_string()));
         }
         self.trail.push(format!("{method} {url}"));
-        let a = http(method, url, &headers, form.unwrap_or("")).unwrap_or_else(|e| panic!("browser: {e}"));
+        let a = http(method, url, &headers, form.unwrap_or("").as_bytes()).unwrap_or_else(|e| panic!("browser: {e}"));
         self.keep_cookies(&a);
         a
     }
@@ -424,58 +215,6 @@ impl Browser {
             }
         }
         panic!("browser: no end after 20 steps: {:#?}", self.trail);
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// The journal (not --dev: it takes its keys from the IdP's discovery) and the CLI.
-
-struct OidcJournal {
-    proc: Proc,
-    endpoint: String,
-    ca: PathBuf,
-    log: PathBuf,
-}
-
-impl OidcJournal {
-    fn start(dir: &Path, issuer: &str) -> OidcJournal {
-        let data = dir.join("journal");
-        let config = dir.join("journal.toml");
-        std::fs::write(&config, "").unwrap();
-        let (port, metrics, raft) = (free_port(), free_port(), free_port());
-        let log = dir.join("journal.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(journal_bin());
-        for v in JOURNAL_ENV {
-            cmd.env_remove(v);
-        }
-        let child = cmd
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-            .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
-            .args(["--node-id", "1", "--bootstrap", "--cores", "1"])
-            .env("PACT_OIDC_ISSUER", issuer)
-            .env("PACT_OIDC_AUDIENCE", "pact")
-            .env("PACT_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .expect("start pact-journal");
-        OidcJournal {
-            proc: Proc { child: Some(child), name: "pact-journal" },
-            endpoint: format!("127.0.0.1:{port}"),
-            ca: data.join("tls").join("ca.crt"),
-            log,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -519,15 +258,8 @@ struct Running {
 impl Running {
     fn start(cli: &Cli, env: &[(&str, &str)], args: &[&str]) -> Running {
         let mut child = pact(cli, env, args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start pact");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { return };
-                let _ = tx.send(line);
-            }
-        });
-        Running { proc: Proc { child: Some(child), name: "pact login" }, lines: rx, seen: vec![] }
+        let lines = lines_of(child.stderr.take().unwrap());
+        Running { proc: Proc::new(child, "pact login"), lines, seen: vec![] }
     }
 
     /// The first stderr line (from now on) that `want` accepts.
@@ -617,15 +349,8 @@ fn commit_as(cli: &Cli, endpoint: &str, msg: &str) -> String {
 #[test]
 fn login_and_logout_against_a_real_openid_provider() {
     let dir = Dir(temp_dir("cli-login"));
-    let idp_src = match prepare_idp(&dir.0.join("npm.log")) {
-        Ok(d) => d,
-        Err(why) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true, so this cannot be skipped: {why}");
-            println!("SKIP: {why}");
-            return;
-        }
-    };
-    let mut idp = Idp::start(&idp_src, free_port(), &dir.0.join("keys.json"), &dir.0.join("idp.stderr"));
+    let Some(idp_src) = idp::prepare_or_skip(&dir.0) else { return };
+    let mut idp = Idp::start(&idp_src, free_port(), &dir.0.join("keys.json"), IDP_ARGS, &dir.0.join("idp.stderr"));
     let issuer = idp.issuer();
     println!("IdP ready at {issuer}");
     let mut journal = OidcJournal::start(&dir.0, &issuer);
@@ -634,19 +359,10 @@ fn login_and_logout_against_a_real_openid_provider() {
     // The journal is up and verifies the IdP's tokens (a token the test got itself).
     let admin = idp.admin_token();
     let probe = Cli::at(&endpoint, &journal.ca, "login-probe");
-    let mut last = String::new();
-    let ready = poll(DEADLINE, Duration::from_millis(200), || {
-        if let Some(st) = journal.proc.exited() {
-            panic!("pact-journal exited with {st}:\n{}", journal.log_text());
-        }
-        if !journal.ca.exists() {
-            return None;
-        }
+    journal.wait_accepts(|| {
         let r = probe.run(Tok::Flag(&admin), &["log", "-n", "1"]);
-        last = format!("exit {}: {}", r.code, r.stderr);
-        (r.code == 0).then_some(())
+        (r.code, r.stderr)
     });
-    assert!(ready.is_some(), "the journal did not accept the IdP's token: {last}\n{}", journal.log_text());
 
     let cli = Cli::at(&endpoint, &journal.ca, "login");
     let base = [("PACT_OIDC_ISSUER", issuer.as_str()), ("PACT_OIDC_RESOURCE", RESOURCE)];
@@ -721,13 +437,13 @@ fn login_and_logout_against_a_real_openid_provider() {
     let state = &q["state"];
     let forged = callback.replace(&format!("state={state}"), "state=forged");
     assert_ne!(forged, callback);
-    let a = http("GET", &forged, &[], "").unwrap();
+    let a = browse(&forged).unwrap();
     assert_eq!(a.status, 400, "{}", a.body);
     assert!(a.body.contains("state mismatch"), "{}", a.body);
     login.line("the state mismatch warning", |l| l.contains("state mismatch"));
     assert!(login.still_running(), "pact login gave up on a forged callback");
     // The real one.
-    let a = http("GET", &callback, &[], "").unwrap();
+    let a = browse(&callback).unwrap();
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(a.body.contains("logged in"), "{}", a.body);
     let o = login.finish();
@@ -823,7 +539,7 @@ fn login_and_logout_against_a_real_openid_provider() {
 
     // Logout with the IdP down: the entry goes all the same.
     assert_eq!(run(&cli, &sa, &["login", "--service-account"]).code, 0);
-    idp.proc.kill();
+    idp.stop();
     let o = run(&cli, &base, &["logout"]);
     assert_eq!(o.code, 0, "logout with the IdP down: {o:?}");
     assert!(o.stderr.contains("could not revoke"), "{o:?}");

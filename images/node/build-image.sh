@@ -139,8 +139,10 @@ add_modules() {
   done
 }
 
-# add_softdog ROOT: the watchdog modules into ROOT, appended to its early-modules, softdog with
-# soft_margin=$SOFTDOG (nothing without --softdog)
+# add_softdog ROOT: the watchdog modules into ROOT, listed in /etc/pact/background-modules
+# (loaded by PID 1 on a thread of its own, while the boot stream waits on the network; the
+# watchdog is opened once they are in), softdog with soft_margin=$SOFTDOG (nothing without
+# --softdog)
 add_softdog() {
   local r=$1 m
   [ -n "$SOFTDOG" ] || return 0
@@ -150,8 +152,8 @@ add_softdog() {
     mkdir -p "$r$(dirname "$m")"
     cp "$KERNEL$m" "$r$m"
     case $m in
-      */softdog.ko) echo "$m soft_margin=$SOFTDOG" >>"$r/etc/pact/early-modules" ;;
-      *) echo "$m" >>"$r/etc/pact/early-modules" ;;
+      */softdog.ko) echo "$m soft_margin=$SOFTDOG" >>"$r/etc/pact/background-modules" ;;
+      *) echo "$m" >>"$r/etc/pact/background-modules" ;;
     esac
   done <"$KERNEL/modules.watchdog"
 }

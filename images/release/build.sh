@@ -22,7 +22,8 @@ strip "$stage/platform/"* 2>/dev/null || true
 tar -C "$stage/platform" -czf "$out/pact-platform-$arch.tar.gz" pact pact-journal
 
 for variant in pact systemd; do
-  if [ "$variant" = systemd ]; then features=(--features backend-systemd); else features=(); fi
+  # Both variants carry GPU discovery (NVML loaded at run time, AMD through sysfs).
+  if [ "$variant" = systemd ]; then features=(--features backend-systemd,gpu); else features=(--features gpu); fi
   # A separate target dir per variant keeps both builds incremental.
   CARGO_TARGET_DIR="target/variant-$variant" cargo build --profile agent -p pact-agent "${features[@]}"
   mkdir -p "$stage/$variant"

@@ -17,6 +17,10 @@
 //! | `nodes.<p>`   | 0x01 + node id                               | `pact.journal.NodeRecord`, prost (assignment + declared config, current) |
 //! | `nodes.<p>`   | 0x02 + node id + 0x00 + version u64 BE       | `pact.journal.NodeRecord`, prost (every version) |
 //! | `members`     | raft node id, u64 big-endian                 | `pact.journal.Member`, prost            |
+//! | `approvals`   | approval id (= its PENDING_APPROVAL entry's sequence), u64 BE | `pact.policy.PendingApproval`, prost, current status (held request included) |
+//!
+//! `state_meta` also holds `approvals_pending` (u64 BE): how many `approvals` records are
+//! PENDING, kept in the same transaction as the records (the bound `approval::MAX_PENDING`).
 //!
 //! The raft log holds entries `first_index..=last`; everything before was compacted into the
 //! latest snapshot, whose index and term are `snapshot_index`/`snapshot_term` (raft needs the
@@ -27,7 +31,7 @@
 //! this order: kind 1 `state_meta`, 2 `entries`, 3 `entry_scope`, 4 `overlays`, 5 `members`,
 //! 6 node states (key = node id, so the receiver re-partitions them over its own `nodes.<p>`),
 //! 7 `overlay_hist`, 8 `overlay_blobs`, 9 node records and their history (key as stored in
-//! `nodes.<p>`, re-partitioned by the node id inside it).
+//! `nodes.<p>`, re-partitioned by the node id inside it), 10 `approvals`.
 //!
 //! Node ids never contain bytes below 0x20 (the RPC layer and the state machine reject
 //! control characters), so the 0x01/0x02 tags cannot collide with a node-state key.
@@ -51,6 +55,7 @@ pub const DB_OVERLAYS: &str = "overlays";
 pub const DB_MEMBERS: &str = "members";
 pub const DB_OVERLAY_HIST: &str = "overlay_hist";
 pub const DB_OVERLAY_BLOBS: &str = "overlay_blobs";
+pub const DB_APPROVALS: &str = "approvals";
 
 pub const KEY_SNAPSHOT_INDEX: &[u8] = b"snapshot_index";
 /// Founder only: members still to invite (`pact.journal.ChangeMembershipResponse`, prost), so a
@@ -68,6 +73,7 @@ pub const SNAP_NODE_STATE: u8 = 6;
 pub const SNAP_OVERLAY_HIST: u8 = 7;
 pub const SNAP_OVERLAY_BLOBS: u8 = 8;
 pub const SNAP_NODE_RECORD: u8 = 9;
+pub const SNAP_APPROVALS: u8 = 10;
 
 pub const TAG_NODE_RECORD: u8 = 0x01;
 pub const TAG_NODE_HIST: u8 = 0x02;
@@ -138,6 +144,7 @@ pub const KEY_APPLIED_INDEX: &[u8] = b"applied_index";
 pub const KEY_NEXT_SEQUENCE: &[u8] = b"next_sequence";
 pub const KEY_LAST_TS: &[u8] = b"last_ts";
 pub const KEY_PARTITIONS: &[u8] = b"partitions";
+pub const KEY_APPROVALS_PENDING: &[u8] = b"approvals_pending";
 
 pub fn node_db_name(partition: u32) -> String {
     format!("nodes.{partition}")

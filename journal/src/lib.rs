@@ -1,6 +1,7 @@
 //! pact-journal as a library: the binary (`main.rs`) wires these together; the deterministic
 //! simulation and the tests use them directly. See ARCHITECTURE.md for the codemap.
 
+pub mod approval;
 pub mod audit;
 pub mod authz;
 pub mod boot;

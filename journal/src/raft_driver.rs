@@ -98,6 +98,9 @@ pub struct Driver {
     /// index may be deferred; one that changes term or vote may not.
     persisted_term_vote: (u64, u64),
     last_compacted: u64,
+    /// Approvals whose expiry this leader proposed, and when (not proposed again for 10 s).
+    expiring: HashMap<u64, Instant>,
+    last_sweep: Instant,
 }
 
 pub fn raft_config(id: u64, applied: u64) -> raft::Config {
@@ -166,6 +169,8 @@ impl Driver {
             deferred: Deferred::default(),
             persisted_term_vote: (persisted.term, persisted.vote),
             last_compacted,
+            expiring: HashMap::new(),
+            last_sweep: Instant::now(),
         };
         d.refresh_peers();
         Ok(d)
@@ -240,6 +245,7 @@ impl Driver {
                 self.node().tick();
                 last_tick = Instant::now();
                 self.invite_members();
+                self.sweep_approvals();
             }
             if let Err(e) = self.round().await {
                 // A store failure means we can no longer promise durability: stop taking
@@ -347,6 +353,63 @@ impl Driver {
         } else if let Some(tx) = self.remote_results.get(shard as usize - 1) {
             if tx.try_send((proposal_id, outcome)).is_err() {
                 warn!("result queue to shard {shard} full; request {proposal_id} will time out");
+            }
+        }
+    }
+
+    /// The leader proposes EXPIRED decisions for pending approvals past their `expires_at`
+    /// (from the shadow, which holds every pending approval), at most every
+    /// `approval::SWEEP_INTERVAL` and at most 256 per sweep. The state machine checks the
+    /// expiry again against the command's own timestamp, so a replayed or duplicated proposal
+    /// is refused, never applied twice.
+    fn sweep_approvals(&mut self) {
+        if self.last_sweep.elapsed() < crate::approval::SWEEP_INTERVAL {
+            return;
+        }
+        self.last_sweep = Instant::now();
+        if self.replica.node.raft.state != StateRole::Leader {
+            self.expiring.clear();
+            return;
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let ts = pact_proto::config::Timestamp { seconds: now.as_secs() as i64, nanos: now.subsec_nanos() };
+        self.expiring.retain(|_, at| at.elapsed() < Duration::from_secs(10));
+        let due: Vec<(u64, pact_proto::policy::PendingApproval)> = self
+            .shadow
+            .approvals
+            .iter()
+            .filter(|(id, a)| {
+                let e = a.expires_at.unwrap_or_default();
+                (e.seconds, e.nanos) <= (ts.seconds, ts.nanos) && !self.expiring.contains_key(id)
+            })
+            .take(256)
+            .map(|(id, a)| (*id, a.clone()))
+            .collect();
+        let journal = pact_proto::config::Identity {
+            principal: format!("journal-{}", self.shared.node_id),
+            principal_type: pact_proto::config::PrincipalType::Service as i32,
+            role: "pact-journal".into(),
+        };
+        for (id, a) in due {
+            let entry = crate::approval::decision_entry(
+                &a,
+                id,
+                pact_proto::policy::ApprovalStatus::Expired,
+                "",
+                journal.clone(),
+            );
+            let cmd = Command {
+                origin: None,
+                proposed_at: Some(ts),
+                op: Some(pact_proto::journal::command::Op::AppendEntry(entry)),
+                member: None,
+            };
+            match self.node().propose(vec![], cmd.encode_to_vec()) {
+                Ok(()) => {
+                    self.expiring.insert(id, Instant::now());
+                    info!("approval {id} expired; proposing its EXPIRED decision");
+                }
+                Err(e) => debug!("proposing the expiry of approval {id}: {e}"),
             }
         }
     }

@@ -6,10 +6,14 @@ use crate::shard::ShardRef;
 use crate::shared::Shared;
 use crate::state;
 use pact_proto::auth::{AuthError, Caller};
-use pact_proto::config::{scope::Target, ConfigEntry, Identity, PrincipalType, Scope};
+use pact_proto::config::{scope::Target, ConfigEntry, Identity, PolicySpec, PrincipalType, Scope};
 use pact_proto::journal::{
     apply_result, command, AppendEntryRequest, ChangeMembershipRequest, GetEntryRequest, GetNodeStateRequest,
     GetOverlayRequest, JournalStatus, ListEntriesRequest, Member, MemberStatus, MembershipAction, SetNodeStateRequest,
+};
+use pact_proto::policy::{
+    ApprovalStatus, DecideApprovalRequest, DecideApprovalResponse, ListApprovalsRequest, ListApprovalsResponse,
+    PendingApproval,
 };
 use pact_proto::wire::Request;
 use pact_proto::{ErrorCode, Method, RemoteError};
@@ -128,7 +132,12 @@ fn identity_of(c: &Caller) -> Identity {
 fn is_read(m: Method) -> bool {
     matches!(
         m,
-        Method::GetEntry | Method::ListEntries | Method::GetNodeState | Method::GetOverlay | Method::JournalStatus
+        Method::GetEntry
+            | Method::ListEntries
+            | Method::GetNodeState
+            | Method::GetOverlay
+            | Method::JournalStatus
+            | Method::ListPendingApprovals
     )
 }
 
@@ -165,8 +174,21 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
             state::validate_entry(&entry).map_err(|m| err(ErrorCode::InvalidArgument, m))?;
             let kind = pact_proto::config::EntryType::try_from(entry.entry_type)
                 .map_err(|_| err(ErrorCode::InvalidArgument, "unknown entry type"))?;
-            shard.wait_stored().await?;
-            authz::check_append(caller, kind, &scope_target(shard, entry.scope.as_ref())?).map_err(denied)?;
+            if !entry.approval.is_empty() {
+                return Err(err(ErrorCode::InvalidArgument, "approval records are set by the journal, not by clients"));
+            }
+            // What a non-admin may do depends on stored state (the node's assignment, the
+            // vCluster's policy): read it as of the caller's own last write. A platform admin's
+            // append depends on none of it, so it does not wait for the previous write's
+            // applied state to be stored (that wait costs a lone client about a millisecond).
+            if authz::role(caller) != authz::Role::Admin {
+                shard.wait_stored().await?;
+            }
+            let target = scope_target(shard, entry.scope.as_ref())?;
+            let policy = vcluster_policy(shard, authz::vcluster_of(&target))?;
+            let two_person =
+                policy.as_ref().is_some_and(|p| p.two_person_approval == Some(true) || p.regulated == Some(true));
+            let gate = authz::check_append(caller, kind, &target, two_person).map_err(denied)?;
             if let Some(vc) = (kind == pact_proto::config::EntryType::NodeMoved).then_some(&entry.target_vcluster) {
                 // Moving a node also acts on the vCluster it goes to.
                 authz::check(caller, authz::Need::Write, &authz::Target::VCluster(vc)).map_err(denied)?;
@@ -181,10 +203,18 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
                 }
             }
             check_assignment(shard, &entry).await?;
+            let held = gate == authz::Gate::Approval;
+            if held {
+                let timeout = policy.and_then(|p| p.approval_timeout_seconds).filter(|t| *t > 0);
+                entry = pending_entry(shard, entry, caller, timeout.unwrap_or(crate::approval::DEFAULT_TIMEOUT_SECS))?;
+            }
             let result = shard.propose(command::Op::AppendEntry(entry)).await?;
             match result.result {
-                Some(apply_result::Result::Appended(a)) => {
+                Some(apply_result::Result::Appended(mut a)) => {
                     shard.shared.last_sequence.fetch_max(a.sequence, Ordering::Relaxed);
+                    if held {
+                        a.pending_approval_id = crate::approval::id_of(a.sequence);
+                    }
                     Ok(Reply::One(a.encode_to_vec()))
                 }
                 Some(apply_result::Result::Rejected(m)) => Err(err(ErrorCode::FailedPrecondition, m)),
@@ -314,8 +344,147 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
                 other => Err(internal(format!("unexpected apply result {other:?}"))),
             }
         }
+        Method::ListPendingApprovals => {
+            let r: ListApprovalsRequest = decode(method, body)?;
+            let scope = r.scope_filter.as_ref().filter(|s| s.target.is_some());
+            if scope.is_some() {
+                allow(shard, caller, authz::Need::Read, scope)?;
+            }
+            let txn = shard.store.read_txn().map_err(internal)?;
+            let all = shard.store.list_approvals(&txn, r.include_decided, MAX_LIST_LIMIT as usize).map_err(internal)?;
+            let mut out = ListApprovalsResponse::default();
+            let mut size = 0usize;
+            for mut a in all {
+                if scope.is_some_and(|s| a.scope.as_ref() != Some(s)) {
+                    continue;
+                }
+                if scope.is_none()
+                    && authz::role(caller) != authz::Role::Admin
+                    && allow(shard, caller, authz::Need::Read, a.scope.as_ref()).is_err()
+                {
+                    continue;
+                }
+                // One answer is one frame (4 MiB): held requests ride along while they fit.
+                size += a.encoded_len();
+                if size > MAX_APPROVAL_LIST_BYTES {
+                    size -= a.original_request.len();
+                    a.original_request.clear();
+                }
+                out.approvals.push(a);
+            }
+            Ok(Reply::One(out.encode_to_vec()))
+        }
+        Method::DecideApproval => {
+            let r: DecideApprovalRequest = decode(method, body)?;
+            let id = crate::approval::parse_id(&r.approval_id)
+                .ok_or_else(|| err(ErrorCode::InvalidArgument, format!("{:?} is not an approval id", r.approval_id)))?;
+            let status = match r.decision.trim().to_ascii_lowercase().as_str() {
+                "approved" | "approve" | "accept" => ApprovalStatus::Approved,
+                "rejected" | "reject" | "deny" => ApprovalStatus::Rejected,
+                other => {
+                    return Err(err(
+                        ErrorCode::InvalidArgument,
+                        format!("decision {other:?}: expected approved or rejected"),
+                    ))
+                }
+            };
+            let reason = r.reason.unwrap_or_default();
+            if reason.len() > crate::approval::MAX_REASON {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    format!("the reason is longer than {} bytes", crate::approval::MAX_REASON),
+                ));
+            }
+            shard.wait_stored().await?;
+            let a = {
+                let txn = shard.store.read_txn().map_err(internal)?;
+                shard.store.get_approval(&txn, id).map_err(internal)?
+            };
+            let a = a.ok_or_else(|| err(ErrorCode::NotFound, format!("no approval {id}")))?;
+            let requester = a.requester.as_ref().map(|r| r.principal.as_str()).unwrap_or_default();
+            authz::check_decide(caller, requester, &scope_target(shard, a.scope.as_ref())?).map_err(denied)?;
+            if a.status != ApprovalStatus::Pending as i32 {
+                return Err(err(
+                    ErrorCode::FailedPrecondition,
+                    format!("approval {id} is already {}", crate::approval::status_text(a.status)),
+                ));
+            }
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            if a.expires_at.unwrap_or_default().seconds <= now.as_secs() as i64 {
+                return Err(err(ErrorCode::FailedPrecondition, format!("approval {id} has expired")));
+            }
+            let entry = crate::approval::decision_entry(&a, id, status, &reason, identity_of(caller));
+            let result = shard.propose(command::Op::AppendEntry(entry)).await?;
+            match result.result {
+                Some(apply_result::Result::Appended(d)) => {
+                    let executed = if status == ApprovalStatus::Approved { d.sequence + 1 } else { d.sequence };
+                    shard.shared.last_sequence.fetch_max(executed, Ordering::Relaxed);
+                    Ok(Reply::One(
+                        DecideApprovalResponse { success: true, error: None, sequence: d.sequence }.encode_to_vec(),
+                    ))
+                }
+                Some(apply_result::Result::Rejected(m)) => Err(err(ErrorCode::FailedPrecondition, m)),
+                other => Err(internal(format!("unexpected apply result {other:?}"))),
+            }
+        }
         other => Err(err(ErrorCode::Unimplemented, format!("{} is not served by this journal yet", other.name()))),
     }
+}
+
+/// Largest approval listing (encoded) that still carries every held request; past it the
+/// rest are listed without (their `action` still says what they do).
+pub const MAX_APPROVAL_LIST_BYTES: usize = 2 << 20;
+
+/// A vCluster's current policy, as its overlay holds it.
+fn vcluster_policy(shard: &ShardRef, vc: Option<&str>) -> Result<Option<PolicySpec>, RemoteError> {
+    let Some(vc) = vc else { return Ok(None) };
+    let txn = shard.store.read_txn().map_err(internal)?;
+    Ok(shard.store.get_overlay(&txn, vc).map_err(internal)?.and_then(|o| o.spec).and_then(|s| s.policy))
+}
+
+/// The PENDING_APPROVAL entry that holds `held` (author already the caller) for a second person.
+fn pending_entry(
+    shard: &ShardRef,
+    held: ConfigEntry,
+    caller: &Caller,
+    timeout: u32,
+) -> Result<ConfigEntry, RemoteError> {
+    let txn = shard.store.read_txn().map_err(internal)?;
+    let pending = shard.store.pending_approval_count(&txn).map_err(internal)?;
+    if pending >= crate::approval::MAX_PENDING {
+        return Err(err(
+            ErrorCode::FailedPrecondition,
+            format!(
+                "{pending} approvals are pending, the most this journal holds ({}); decide some (`pact approve list`) or let them expire",
+                crate::approval::MAX_PENDING
+            ),
+        ));
+    }
+    let kind = pact_proto::config::EntryType::try_from(held.entry_type)
+        .map(|t| t.as_str_name().trim_start_matches("ENTRY_TYPE_").to_ascii_lowercase())
+        .unwrap_or_default();
+    let what: String = held.policy_ref.chars().filter(|c| !c.is_control()).take(200).collect();
+    let action = if what.is_empty() { kind } else { format!("{kind}: {what}") };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+    let a = PendingApproval {
+        original_method: Method::AppendEntry as u32,
+        action: action.clone(),
+        scope: held.scope.clone(),
+        requester: Some(identity_of(caller)),
+        status: ApprovalStatus::Pending as i32,
+        created_at: Some(pact_proto::config::Timestamp { seconds: now, nanos: 0 }),
+        expires_at: Some(pact_proto::config::Timestamp { seconds: now + i64::from(timeout), nanos: 0 }),
+        original_request: AppendEntryRequest { entry: Some(held.clone()) }.encode_to_vec(),
+        ..Default::default()
+    };
+    Ok(ConfigEntry {
+        entry_type: pact_proto::config::EntryType::PendingApproval as i32,
+        scope: held.scope,
+        author: held.author,
+        policy_ref: format!("pending approval: {action}"),
+        approval: a.encode_to_vec(),
+        ..Default::default()
+    })
 }
 
 /// Assignments that contradict the node's current one are refused before proposing, with

@@ -67,6 +67,7 @@ use pact_proto::config::{
 use pact_proto::journal::{
     apply_result, command, ApplyResult, Command, Member, NodeRecord, OverlayRecord, ProposalOrigin,
 };
+use pact_proto::policy::PendingApproval;
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{
@@ -340,6 +341,8 @@ pub struct SimState {
     pub node_hist: BTreeMap<(String, u64), NodeRecord>,
     pub node_states: BTreeMap<String, NodeConfigState>,
     pub members: BTreeMap<u64, Member>,
+    pub approvals: BTreeMap<u64, PendingApproval>,
+    pub approvals_pending: u64,
 }
 
 impl StateTxn for SimState {
@@ -409,6 +412,20 @@ impl StateTxn for SimState {
         self.members.remove(&id);
         Ok(())
     }
+    fn get_approval(&self, id: u64) -> StoreResult<Option<PendingApproval>> {
+        Ok(self.approvals.get(&id).cloned())
+    }
+    fn put_approval(&mut self, id: u64, a: &PendingApproval) -> StoreResult<()> {
+        self.approvals.insert(id, a.clone());
+        Ok(())
+    }
+    fn pending_approvals(&self) -> StoreResult<u64> {
+        Ok(self.approvals_pending)
+    }
+    fn set_pending_approvals(&mut self, n: u64) -> StoreResult<()> {
+        self.approvals_pending = n;
+        Ok(())
+    }
 }
 
 impl SimState {
@@ -464,6 +481,17 @@ impl SimState {
             let k = codec::versioned_key(Some(codec::TAG_NODE_HIST), node, *v);
             put_snapshot_record(&mut out, codec::SNAP_NODE_RECORD, &k, &n.encode_to_vec());
         }
+        if self.approvals_pending > 0 {
+            put_snapshot_record(
+                &mut out,
+                codec::SNAP_STATE_META,
+                codec::KEY_APPROVALS_PENDING,
+                &codec::u64_key(self.approvals_pending),
+            );
+        }
+        for (id, a) in &self.approvals {
+            put_snapshot_record(&mut out, codec::SNAP_APPROVALS, &codec::u64_key(*id), &a.encode_to_vec());
+        }
         out
     }
 
@@ -478,6 +506,13 @@ impl SimState {
                 }
                 codec::SNAP_STATE_META if k == codec::KEY_NEXT_SEQUENCE => {
                     s.next_sequence = codec::read_u64(v).ok_or_else(|| bad("next_sequence"))?
+                }
+                codec::SNAP_STATE_META if k == codec::KEY_APPROVALS_PENDING => {
+                    s.approvals_pending = codec::read_u64(v).ok_or_else(|| bad("approvals_pending"))?
+                }
+                codec::SNAP_APPROVALS => {
+                    let a = PendingApproval::decode(v).map_err(|_| bad("approval"))?;
+                    s.approvals.insert(codec::read_u64(k).ok_or_else(|| bad("approval key"))?, a);
                 }
                 codec::SNAP_STATE_META if k == codec::KEY_LAST_TS => {
                     s.last_ts = codec::decode_ts(v).ok_or_else(|| bad("last_ts"))?
@@ -918,6 +953,12 @@ fn shadow_of(s: &SimState) -> Shadow {
         next_sequence: s.next_sequence.max(1),
         last_ts: s.last_ts,
         members: s.members.clone(),
+        approvals: s
+            .approvals
+            .iter()
+            .filter(|(_, a)| a.status == pact_proto::policy::ApprovalStatus::Pending as i32)
+            .map(|(id, a)| (*id, PendingApproval { original_request: Vec::new(), ..a.clone() }))
+            .collect(),
     }
 }
 

@@ -6,9 +6,10 @@
 use crate::store::Result;
 use pact_proto::config::{ConfigEntry, ConfigState, EntryType, NodeConfigState, Timestamp};
 use pact_proto::journal::{
-    apply_result, command, AppendEntryResponse, ApplyResult, ChangeMembershipResponse, Command, Member, NodeRecord,
-    OverlayRecord, SetNodeStateResponse,
+    apply_result, command, ApplyResult, ChangeMembershipResponse, Command, Member, NodeRecord, OverlayRecord,
+    SetNodeStateResponse,
 };
+use pact_proto::policy::{ApprovalStatus, PendingApproval};
 
 /// What the state machine reads and writes, inside one transaction. The journal's is an LMDB
 /// write transaction (`store::LmdbState`); the simulation's is in memory. Both run this
@@ -39,6 +40,12 @@ pub trait StateTxn {
     fn members(&self) -> Result<Vec<Member>>;
     fn put_member(&mut self, m: &Member) -> Result<()>;
     fn remove_member(&mut self, id: u64) -> Result<()>;
+    /// A two-person approval by id (its PENDING_APPROVAL entry's sequence); see `approval`.
+    fn get_approval(&self, id: u64) -> Result<Option<PendingApproval>>;
+    fn put_approval(&mut self, id: u64, a: &PendingApproval) -> Result<()>;
+    /// How many approvals are PENDING.
+    fn pending_approvals(&self) -> Result<u64>;
+    fn set_pending_approvals(&mut self, n: u64) -> Result<()>;
 }
 
 /// The few values `apply` reads (applied index, next sequence, last timestamp, the address
@@ -53,6 +60,9 @@ pub struct Shadow {
     pub next_sequence: u64,
     pub last_ts: (i64, u32),
     pub members: std::collections::BTreeMap<u64, Member>,
+    /// PENDING approvals only, without their held request (see `approval`); the leader's
+    /// expiry sweep reads them.
+    pub approvals: std::collections::BTreeMap<u64, PendingApproval>,
 }
 
 impl StateTxn for Shadow {
@@ -115,6 +125,23 @@ impl StateTxn for Shadow {
     }
     fn remove_member(&mut self, id: u64) -> Result<()> {
         self.members.remove(&id);
+        Ok(())
+    }
+    fn get_approval(&self, id: u64) -> Result<Option<PendingApproval>> {
+        Ok(self.approvals.get(&id).cloned())
+    }
+    fn put_approval(&mut self, id: u64, a: &PendingApproval) -> Result<()> {
+        if a.status == ApprovalStatus::Pending as i32 {
+            self.approvals.insert(id, PendingApproval { original_request: Vec::new(), ..a.clone() });
+        } else {
+            self.approvals.remove(&id);
+        }
+        Ok(())
+    }
+    fn pending_approvals(&self) -> Result<u64> {
+        Ok(self.approvals.len() as u64)
+    }
+    fn set_pending_approvals(&mut self, _: u64) -> Result<()> {
         Ok(())
     }
 }
@@ -266,17 +293,20 @@ fn apply_command<T: StateTxn>(t: &mut T, cmd: &Command) -> Result<ApplyResult> {
                     return Ok(rejected(format!("parent {p} is not an earlier entry (the next sequence is {seq})")));
                 }
             }
-            let mut e = entry.clone();
-            e.sequence = seq;
-            e.timestamp = Some(ts);
-            t.put_entry(&e)?;
-            t.set_next_sequence(seq + 1)?;
-            t.set_last_timestamp((ts.seconds, ts.nanos))?;
-            crate::declared::on_entry(t, &e)?;
+            match EntryType::try_from(entry.entry_type) {
+                Ok(EntryType::PendingApproval) => return crate::approval::apply_pending(t, entry, ts),
+                Ok(EntryType::ApprovalDecision) => return crate::approval::apply_decision(t, entry, ts),
+                _ if !entry.approval.is_empty() => {
+                    return Ok(rejected("only the journal's own approval entries carry an approval record".into()))
+                }
+                _ => {}
+            }
+            let seq = crate::approval::append(t, entry.clone(), ts)?;
             Ok(ApplyResult {
-                result: Some(apply_result::Result::Appended(AppendEntryResponse {
+                result: Some(apply_result::Result::Appended(pact_proto::journal::AppendEntryResponse {
                     sequence: seq,
                     timestamp: Some(ts),
+                    pending_approval_id: String::new(),
                 })),
             })
         }

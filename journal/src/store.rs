@@ -9,6 +9,7 @@ use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn};
 use pact_proto::config::{ConfigEntry, NodeConfigState, Scope};
 use pact_proto::journal::{Member, NodeRecord, OverlayRecord};
+use pact_proto::policy::{ApprovalStatus, PendingApproval};
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -63,6 +64,7 @@ struct Inner {
     overlay_hist: Db,
     overlay_blobs: Db,
     members: Db,
+    approvals: Db,
     nodes: Vec<Db>,
 }
 
@@ -96,6 +98,7 @@ impl Store {
         let members = env.create_database(&mut w, Some(DB_MEMBERS))?;
         let overlay_hist = env.create_database(&mut w, Some(DB_OVERLAY_HIST))?;
         let overlay_blobs = env.create_database(&mut w, Some(DB_OVERLAY_BLOBS))?;
+        let approvals = env.create_database(&mut w, Some(DB_APPROVALS))?;
         let parts = match state_meta.get(&w, KEY_PARTITIONS)? {
             Some(b) => read_u64(b).ok_or_else(|| StoreError::Corrupt("partitions".into()))? as u32,
             None => {
@@ -121,6 +124,7 @@ impl Store {
                 overlay_hist,
                 overlay_blobs,
                 members,
+                approvals,
                 nodes,
             }),
         })
@@ -277,6 +281,7 @@ impl Store {
         self.inner.overlay_hist.clear(w)?;
         self.inner.overlay_blobs.clear(w)?;
         self.inner.members.clear(w)?;
+        self.inner.approvals.clear(w)?;
         for db in &self.inner.nodes {
             db.clear(w)?;
         }
@@ -291,6 +296,7 @@ impl Store {
                 SNAP_MEMBERS => &self.inner.members,
                 SNAP_OVERLAY_HIST => &self.inner.overlay_hist,
                 SNAP_OVERLAY_BLOBS => &self.inner.overlay_blobs,
+                SNAP_APPROVALS => &self.inner.approvals,
                 SNAP_NODE_STATE | SNAP_NODE_RECORD => {
                     let id = codec::node_of_key(k).ok_or_else(|| StoreError::Corrupt("snapshot node key".into()))?;
                     &self.inner.nodes[codec::partition_of(id, parts) as usize]
@@ -323,7 +329,7 @@ impl Store {
                 .term
         };
         let mut data = Vec::new();
-        let tables: [(u8, &Db); 7] = [
+        let tables: [(u8, &Db); 8] = [
             (SNAP_STATE_META, &self.inner.state_meta),
             (SNAP_ENTRIES, &self.inner.entries),
             (SNAP_ENTRY_SCOPE, &self.inner.entry_scope),
@@ -331,6 +337,7 @@ impl Store {
             (SNAP_MEMBERS, &self.inner.members),
             (SNAP_OVERLAY_HIST, &self.inner.overlay_hist),
             (SNAP_OVERLAY_BLOBS, &self.inner.overlay_blobs),
+            (SNAP_APPROVALS, &self.inner.approvals),
         ];
         for (kind, db) in tables {
             for kv in db.iter(&r)? {
@@ -419,7 +426,51 @@ impl Store {
             next_sequence: self.next_sequence(&r)?,
             last_ts: self.last_timestamp(&r)?,
             members: members_in(&self.inner.members, &r)?.into_iter().map(|m| (m.id, m)).collect(),
+            approvals: self.pending_approvals_in(&r)?,
         })
+    }
+
+    /// Every PENDING approval, without its held request (what `state::Shadow` keeps). One walk
+    /// of `approvals`, at start and after a snapshot is installed.
+    fn pending_approvals_in(&self, r: &RoTxn) -> Result<std::collections::BTreeMap<u64, PendingApproval>> {
+        let mut out = std::collections::BTreeMap::new();
+        for kv in self.inner.approvals.iter(r)? {
+            let (k, v) = kv?;
+            let mut a: PendingApproval = decode_prost(v, "approval")?;
+            if a.status == ApprovalStatus::Pending as i32 {
+                a.original_request.clear();
+                out.insert(read_u64(k).ok_or_else(|| StoreError::Corrupt("approval key".into()))?, a);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn get_approval(&self, r: &RoTxn, id: u64) -> Result<Option<PendingApproval>> {
+        match self.inner.approvals.get(r, &u64_key(id))? {
+            None => Ok(None),
+            Some(b) => Ok(Some(decode_prost(b, "approval")?)),
+        }
+    }
+
+    /// How many approvals are PENDING.
+    pub fn pending_approval_count(&self, r: &RoTxn) -> Result<u64> {
+        self.meta_u64(r, KEY_APPROVALS_PENDING)
+    }
+
+    /// Approvals newest first (PENDING only unless `include_decided`), at most `limit`, looking
+    /// at no more than `MAX_LIST_SCAN` records.
+    pub fn list_approvals(&self, r: &RoTxn, include_decided: bool, limit: usize) -> Result<Vec<PendingApproval>> {
+        let mut out = Vec::new();
+        for kv in self.inner.approvals.rev_iter(r)?.take(MAX_LIST_SCAN) {
+            let a: PendingApproval = decode_prost(kv?.1, "approval")?;
+            if include_decided || a.status == ApprovalStatus::Pending as i32 {
+                out.push(a);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn members(&self) -> Result<Vec<Member>> {
@@ -702,6 +753,19 @@ impl StateTxn for LmdbState<'_, '_, '_> {
     fn remove_member(&mut self, id: u64) -> Result<()> {
         self.store.inner.members.delete(self.w, &u64_key(id))?;
         Ok(())
+    }
+    fn get_approval(&self, id: u64) -> Result<Option<PendingApproval>> {
+        self.store.get_approval(self.w, id)
+    }
+    fn put_approval(&mut self, id: u64, a: &PendingApproval) -> Result<()> {
+        self.store.inner.approvals.put(self.w, &u64_key(id), &a.encode_to_vec())?;
+        Ok(())
+    }
+    fn pending_approvals(&self) -> Result<u64> {
+        self.store.pending_approval_count(self.w)
+    }
+    fn set_pending_approvals(&mut self, n: u64) -> Result<()> {
+        self.store.put_meta(self.w, KEY_APPROVALS_PENDING, &u64_key(n))
     }
 }
 

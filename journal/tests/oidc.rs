@@ -12,271 +12,79 @@
 //! --workspace`, as images/dev/test.sh does).
 
 mod common;
+#[path = "../../images/idp/harness.rs"]
+mod idp;
 
-use common::{free_port, temp_dir, JOURNAL_ENV};
+use common::{free_port, temp_dir};
+use idp::{now_secs, poll, Dir, Idp, OidcJournal as Journal, ADMIN, AUDIENCE, CLIENT_ID, CLIENT_SECRET};
 use jwt_simple::prelude::*;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
-/// How long a start-up or one request may take before the test gives up.
-const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a key rotation may take to be picked up: the journal refetches the JWKS at most
 /// once per 10 s (`pact_proto::auth::MIN_REFRESH`), counted from its last fetch.
 const ROTATION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(25);
-/// How long `npm ci` may take.
-const NPM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
-const AUDIENCE: &str = "pact";
-const ADMIN: &str = "pact-platform-admin";
-const CLIENT_ID: &str = "pact-test";
-const CLIENT_SECRET: &str = "pact-test-secret";
 
 /// Every variable the CLI reads.
 const CLI_ENV: &[&str] =
     &["PACT_ENDPOINT", "PACT_TOKEN", "PACT_TLS_CA", "PACT_VCLUSTER", "PACT_OUTPUT", "PACT_CLI_CONFIG", "PACT_DEV_DIR"];
 
-fn sleep_ms(ms: u64) {
-    std::thread::sleep(std::time::Duration::from_millis(ms));
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// A child process killed (and reaped) when dropped.
-struct Proc {
-    child: Option<Child>,
-    name: &'static str,
-}
-
-impl Proc {
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            eprintln!("stopping {}", self.name);
-        }
-        self.kill();
-    }
-}
-
 // ---------------------------------------------------------------------------------------
-// The identity provider (images/idp).
+// The identity provider (images/idp, run by its harness), with `--test-signing`, asked
+// for tokens and keys.
 
-fn idp_source_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("images").join("idp")
+/// The IdP's key `kid` (RS256), and `--test-signing`.
+fn idp_args(kid: &str) -> [&str; 5] {
+    ["--kid", kid, "--alg", "RS256", "--test-signing"]
 }
 
-/// The major version of `node --version`, or why there is none.
-fn node_major() -> Result<u32, String> {
-    let out = Command::new("node").arg("--version").output().map_err(|e| format!("node is not installed ({e})"))?;
-    let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    v.trim_start_matches('v')
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .ok_or_else(|| format!("`node --version` said {v:?}"))
-}
-
-/// images/idp with its node_modules installed, or why it cannot be had.
-fn prepare_idp(log: &Path) -> Result<PathBuf, String> {
-    let major = node_major()?;
-    if major < 18 {
-        return Err(format!("node {major} is too old (oidc-provider 8 needs 18 or later)"));
-    }
-    Command::new("npm").arg("--version").output().map_err(|e| format!("npm is not installed ({e})"))?;
-    let dir = idp_source_dir().canonicalize().map_err(|e| format!("images/idp: {e}"))?;
-    if dir.join("node_modules/oidc-provider/package.json").exists() {
-        return Ok(dir);
-    }
-    let verb = if dir.join("package-lock.json").exists() { "ci" } else { "install" };
-    eprintln!("images/idp: npm {verb} (node_modules is missing)");
-    let out = std::fs::File::create(log).unwrap();
-    let child = Command::new("npm")
-        .args([verb, "--no-audit", "--no-fund", "--omit=dev"])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out.try_clone().unwrap()))
-        .stderr(Stdio::from(out))
-        .spawn()
-        .map_err(|e| format!("cannot run npm: {e}"))?;
-    let mut npm = Proc { child: Some(child), name: "npm" };
-    let until = Instant::now() + NPM_DEADLINE;
-    let status = loop {
-        if let Some(st) = npm.exited() {
-            npm.child = None;
-            break st;
-        }
-        if Instant::now() > until {
-            npm.kill();
-            return Err(format!("npm {verb} took longer than {NPM_DEADLINE:?}"));
-        }
-        sleep_ms(100);
-    };
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    if !status.success() || !dir.join("node_modules/oidc-provider/package.json").exists() {
-        let tail: Vec<&str> = text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-        return Err(format!("npm {verb} in {} failed ({status}):\n{}", dir.display(), tail.join("\n")));
-    }
-    Ok(dir)
-}
-
-/// A running images/idp/server.js, with `--test-signing`.
-struct Idp {
-    proc: Proc,
-    port: u16,
-    stderr: PathBuf,
-}
-
-impl Idp {
-    /// Starts the IdP on `port` with the private JWKS in `keys` (generated there, one RS256
-    /// key named `kid`, when the file does not exist); returns once it printed IDP READY.
-    fn start(src: &Path, port: u16, keys: &Path, kid: &str, stderr: &Path) -> Idp {
-        let issuer = format!("http://127.0.0.1:{port}");
-        let mut child = Command::new("node")
-            .arg(src.join("server.js"))
-            .args(["--port", &port.to_string(), "--issuer", &issuer, "--kid", kid, "--alg", "RS256"])
-            .arg("--keys")
-            .arg(keys)
-            .arg("--test-signing")
-            .current_dir(src)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(stderr).unwrap()))
-            .spawn()
-            .expect("start node images/idp/server.js");
-        let stdout = child.stdout.take().unwrap();
-        let mut idp = Idp { proc: Proc { child: Some(child), name: "the IdP" }, port, stderr: stderr.to_path_buf() };
-        // Lines arrive through a thread, so the wait below can time out; the thread keeps
-        // draining stdout until the IdP exits.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                let _ = tx.send(line);
-            }
-        });
-        let until = Instant::now() + DEADLINE;
-        loop {
-            match rx.recv_timeout(std::time::Duration::from_millis(100)) {
-                Ok(line) if line.trim() == format!("IDP READY {issuer}") => return idp,
-                Ok(line) => eprintln!("idp: {line}"),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    // stdout closed: the IdP exited (or is about to).
-                    let until_exit = Instant::now() + std::time::Duration::from_secs(5);
-                    while idp.proc.exited().is_none() && Instant::now() < until_exit {
-                        sleep_ms(20);
-                    }
-                    panic!("the IdP exited before it was ready:\n{}", idp.stderr_text());
-                }
-            }
-            if let Some(st) = idp.proc.exited() {
-                panic!("the IdP exited with {st} before it was ready:\n{}", idp.stderr_text());
-            }
-            assert!(Instant::now() < until, "the IdP was not ready within {DEADLINE:?}:\n{}", idp.stderr_text());
-        }
-    }
-
-    fn issuer(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        self.proc.kill();
-    }
-
+trait TestIdp {
     /// An access token from the token endpoint: client_credentials for `pact-test`, with
     /// the role (and subject) this test chooses.
+    fn client_credentials(&self, role: &str, subject: Option<&str>) -> String;
+    /// A token signed with the IdP's current key, with any claims (POST /test/sign, which
+    /// only `--test-signing` serves): defaults iss = the issuer, aud = pact, sub = pact-test,
+    /// iat = now, exp = now + 600; `claims` overrides them (null leaves one out).
+    fn sign(&self, claims: Value) -> String;
+    /// The public JWKS the IdP serves, found the way the journal finds it (discovery).
+    fn jwks(&self) -> Value;
+}
+
+impl TestIdp for Idp {
     fn client_credentials(&self, role: &str, subject: Option<&str>) -> String {
-        let mut form = format!("grant_type=client_credentials&pact_role={role}");
+        let mut form = vec![("grant_type", "client_credentials"), ("pact_role", role)];
         if let Some(s) = subject {
-            form.push_str(&format!("&pact_subject={s}"));
+            form.push(("pact_subject", s));
         }
-        assert!(form.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-=&.".contains(&b)), "{form}: needs encoding");
-        let basic = Base64::encode_to_string(format!("{CLIENT_ID}:{CLIENT_SECRET}")).unwrap();
-        let (code, body) = http(
-            self.port,
-            "POST",
-            "/token",
-            &[
-                ("Authorization", format!("Basic {basic}")),
-                ("Content-Type", "application/x-www-form-urlencoded".into()),
-            ],
-            form.as_bytes(),
-        )
-        .unwrap_or_else(|e| panic!("token request: {e}\n{}", self.stderr_text()));
+        let (code, body) = self.post_token(&form, Some((CLIENT_ID, CLIENT_SECRET)));
         assert_eq!(code, 200, "token endpoint answered {code}: {body}\n{}", self.stderr_text());
         let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("token response {body:?}: {e}"));
         assert_eq!(v["token_type"], "Bearer", "{body}");
         v["access_token"].as_str().unwrap_or_else(|| panic!("no access_token in {body}")).to_string()
     }
 
-    /// A token signed with the IdP's current key, with any claims (POST /test/sign, which
-    /// only `--test-signing` serves): defaults iss = the issuer, aud = pact, sub = pact-test,
-    /// iat = now, exp = now + 600; `claims` overrides them (null leaves one out).
     fn sign(&self, claims: Value) -> String {
         let body = json!({ "claims": claims }).to_string();
-        let (code, token) =
-            http(self.port, "POST", "/test/sign", &[("Content-Type", "application/json".into())], body.as_bytes())
-                .unwrap_or_else(|e| panic!("/test/sign: {e}"));
-        assert_eq!(code, 200, "/test/sign answered {code}: {token}");
-        token.trim().to_string()
+        let a = self
+            .request("POST", "/test/sign", &[("Content-Type", "application/json".into())], body.as_bytes())
+            .unwrap_or_else(|e| panic!("/test/sign: {e}"));
+        assert_eq!(a.status, 200, "/test/sign answered {}: {}", a.status, a.body);
+        a.body.trim().to_string()
     }
 
-    /// The public JWKS the IdP serves, found the way the journal finds it (discovery).
     fn jwks(&self) -> Value {
-        let (code, body) = http(self.port, "GET", "/.well-known/openid-configuration", &[], b"").unwrap();
-        assert_eq!(code, 200, "discovery: {body}");
-        let doc: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(doc["issuer"], self.issuer().as_str(), "{body}");
+        let a = self.request("GET", "/.well-known/openid-configuration", &[], b"").unwrap();
+        assert_eq!(a.status, 200, "discovery: {}", a.body);
+        let doc: Value = serde_json::from_str(&a.body).unwrap();
+        assert_eq!(doc["issuer"], self.issuer().as_str(), "{}", a.body);
         let uri = doc["jwks_uri"].as_str().unwrap().to_string();
         let path = uri.strip_prefix(&self.issuer()).unwrap_or_else(|| panic!("jwks_uri {uri} is not under the issuer"));
-        let (code, body) = http(self.port, "GET", path, &[], b"").unwrap();
-        assert_eq!(code, 200, "jwks: {body}");
-        serde_json::from_str(&body).unwrap()
+        let a = self.request("GET", path, &[], b"").unwrap();
+        assert_eq!(a.status, 200, "jwks: {}", a.body);
+        serde_json::from_str(&a.body).unwrap()
     }
-}
-
-/// One HTTP/1.0 request on loopback (so the answer is never chunked): (status, body).
-fn http(port: u16, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
-    s.set_read_timeout(Some(DEADLINE)).map_err(|e| e.to_string())?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).and_then(|_| s.write_all(body)).map_err(|e| format!("send: {e}"))?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| format!("no HTTP header in {text:?}"))?;
-    let code =
-        head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("bad status in {head:?}"))?;
-    Ok((code, body.to_string()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -301,58 +109,7 @@ fn payload(token: &str) -> Value {
 }
 
 // ---------------------------------------------------------------------------------------
-// The journal and the CLI.
-
-struct Journal {
-    proc: Proc,
-    endpoint: String,
-    ca: PathBuf,
-    log: PathBuf,
-}
-
-impl Journal {
-    /// A lone journal, bootstrapped, not `--dev`: tokens from `issuer`'s discovery only.
-    fn start(dir: &Path, issuer: &str) -> Journal {
-        let data = dir.join("journal");
-        let config = dir.join("journal.toml");
-        // An empty file: nothing from /etc/pact/journal.toml, everything from flags and env.
-        std::fs::write(&config, "").unwrap();
-        let (port, metrics, raft) = (free_port(), free_port(), free_port());
-        let log = dir.join("journal.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pact-journal"));
-        for v in JOURNAL_ENV {
-            cmd.env_remove(v);
-        }
-        let child = cmd
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-            .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
-            .args(["--node-id", "1", "--bootstrap", "--cores", "1"])
-            .env("PACT_OIDC_ISSUER", issuer)
-            .env("PACT_OIDC_AUDIENCE", AUDIENCE)
-            .env("PACT_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .expect("start pact-journal");
-        Journal {
-            proc: Proc { child: Some(child), name: "pact-journal" },
-            endpoint: format!("127.0.0.1:{port}"),
-            ca: data.join("tls").join("ca.crt"),
-            log,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
+// The journal (started by the harness) and the CLI.
 
 /// The `pact` CLI of this workspace, kept from the caller's settings: HOME and the working
 /// directory are a temp dir, no PACT_* variable is inherited.
@@ -424,68 +181,23 @@ impl Cli {
     }
 }
 
-/// Calls `f` until it gives `Some`, every `every`, for at most `within`.
-fn poll<T>(within: std::time::Duration, every: std::time::Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() >= until {
-            return None;
-        }
-        std::thread::sleep(every);
-    }
-}
-
 /// Waits until the journal accepts `token` for a read; fails with the journal's log.
 fn wait_accepts(journal: &mut Journal, cli: &Cli, token: &str) {
-    let mut last = String::new();
-    let ok = poll(DEADLINE, std::time::Duration::from_millis(200), || {
-        if let Some(st) = journal.proc.exited() {
-            panic!("pact-journal exited with {st}:\n{}", journal.log_text());
-        }
-        if !journal.ca.exists() {
-            return None;
-        }
+    journal.wait_accepts(|| {
         let o = cli.run(Some(token), &["log", "-n", "1"]);
-        last = format!("exit {}: {}", o.code, o.stderr);
-        (o.code == 0).then_some(())
+        (o.code, o.stderr)
     });
-    assert!(
-        ok.is_some(),
-        "the journal did not accept the IdP's token within {DEADLINE:?} (last `pact log`: {last})\n--- journal log ---\n{}",
-        journal.log_text()
-    );
-}
-
-/// The test's temp dir, removed when the test passes.
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 #[test]
 fn journal_verifies_tokens_from_a_real_openid_provider() {
     let dir = Dir(temp_dir("oidc"));
-    let idp_src = match prepare_idp(&dir.0.join("npm.log")) {
-        Ok(d) => d,
-        Err(why) => {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true, so this cannot be skipped: {why}");
-            println!("SKIP: {why}");
-            return;
-        }
-    };
+    let Some(idp_src) = idp::prepare_or_skip(&dir.0) else { return };
 
     // 1. The IdP, with key A.
     let idp_port = free_port();
     let keys_a = dir.0.join("keys-a.json");
-    let mut idp = Idp::start(&idp_src, idp_port, &keys_a, "a", &dir.0.join("idp-a.stderr"));
+    let mut idp = Idp::start(&idp_src, idp_port, &keys_a, &idp_args("a"), &dir.0.join("idp-a.stderr"));
     let issuer = idp.issuer();
     println!("IdP ready at {issuer} (key a)");
     let jwks_a = idp.jwks();
@@ -630,7 +342,7 @@ fn journal_verifies_tokens_from_a_real_openid_provider() {
     // 5. Rotation: the IdP restarts on the same port with key B only.
     idp.stop();
     let keys_b = dir.0.join("keys-b.json");
-    let mut idp = Idp::start(&idp_src, idp_port, &keys_b, "b", &dir.0.join("idp-b.stderr"));
+    let mut idp = Idp::start(&idp_src, idp_port, &keys_b, &idp_args("b"), &dir.0.join("idp-b.stderr"));
     let jwks_b = idp.jwks();
     let kids: Vec<&str> = jwks_b["keys"].as_array().unwrap().iter().filter_map(|k| k["kid"].as_str()).collect();
     assert_eq!(kids, ["b"], "the rotated IdP serves key b only");

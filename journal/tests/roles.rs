@@ -111,7 +111,9 @@ fn roles_are_enforced_per_vcluster_and_refusals_are_recorded() {
     assert!(!list(&mut ai, ListEntriesRequest::default()).is_empty(), "the AI reads");
     // Regulated: reads, and its writes wait for two-person approval.
     let mut reg = client_as(&j, "carol", "pact-regulated-ml");
-    refused(append(&mut reg, entry(EntryType::Commit, vc("ml"), "reg-ml")), "two-person approval");
+    let held = append(&mut reg, entry(EntryType::Commit, vc("ml"), "reg-ml")).unwrap();
+    assert!(!held.pending_approval_id.is_empty(), "a regulated write is held: {held:?}");
+    refused(append(&mut reg, entry(EntryType::Commit, vc("hpc"), "reg-hpc")), "pact-regulated-ml may not write vc:hpc");
     // An agent: only its own node.
     let mut agent = client_as(&j, "n1", "pact-service-agent");
     refused(append(&mut agent, entry(EntryType::Commit, Target::NodeId("n2".into()), "agent-n2")), "its own node");
@@ -151,6 +153,7 @@ fn roles_are_enforced_per_vcluster_and_refusals_are_recorded() {
         "hpc-ops-on-ml",
         "ai-emergency",
         "reg-ml",
+        "reg-hpc",
         "agent-n2",
         "eve",
     ] {

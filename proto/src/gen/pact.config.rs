@@ -71,6 +71,13 @@ pub struct ConfigEntry {
     /// NODE_ASSIGNED and NODE_MOVED: the vCluster the node now belongs to.
     #[prost(string, tag = "12")]
     pub target_vcluster: ::prost::alloc::string::String,
+    /// Two-person approval (journal/src/approval.rs): a prost-encoded pact.policy.PendingApproval.
+    /// PENDING_APPROVAL: the held request (status PENDING, id = this entry's sequence).
+    /// APPROVAL_DECISION: the decision (approval_id, status, reason; no held request).
+    /// The entry an approval executed: the approval record (requester, approver; no held request).
+    /// Set only by the journal: a client's AppendEntry that carries it is refused.
+    #[prost(bytes = "vec", tag = "14")]
+    pub approval: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MountSpec {

@@ -4,12 +4,16 @@ pub struct AppendEntryRequest {
     #[prost(message, optional, tag = "1")]
     pub entry: ::core::option::Option<super::config::ConfigEntry>,
 }
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct AppendEntryResponse {
     #[prost(uint64, tag = "1")]
     pub sequence: u64,
     #[prost(message, optional, tag = "2")]
     pub timestamp: ::core::option::Option<super::config::Timestamp>,
+    /// Set when the entry was not applied but held for a second person's approval
+    /// (`sequence` is then the PENDING_APPROVAL entry's); decide with DecideApproval.
+    #[prost(string, tag = "3")]
+    pub pending_approval_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetEntryRequest {
