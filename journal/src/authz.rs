@@ -1,5 +1,6 @@
-//! Who may do what on the journal: the built-in role rules. They are the floor: a policy
-//! engine (later) may refuse more, never allow more.
+//! Who may do what on the journal: the built-in role rules. They are the floor: the policy
+//! engine (`policy.rs`, asked by `rpc` after these allowed a request) may refuse more, never
+//! allow more.
 //!
 //! | role                      | reads                                   | writes                                   |
 //! |---------------------------|-----------------------------------------|------------------------------------------|

@@ -72,7 +72,9 @@ Options:
 
 Other environment: PACT_OIDC_ISSUER, PACT_OIDC_AUDIENCE, PACT_OIDC_JWKS_URL,
 PACT_OIDC_HMAC_SECRET (over [policy.iam] oidc_issuer, oidc_audience, jwks_url, hmac_secret);
-PACT_OIDC_CA_BUNDLE: the CA bundle for https fetches from the IdP (default: the system's).
+PACT_OIDC_CA_BUNDLE: the CA bundle for https fetches from the IdP (default: the system's);
+PACT_POLICY_DIR: the Rego policy directory (over [policy.engine] policy_dir; default
+/etc/pact/policies), read when [policy] enabled = true with the rego engine.
 Precedence: flag > environment > file > default.
 ";
 
@@ -381,8 +383,11 @@ impl fmt::Debug for IamConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyEngineConfig {
+    /// None: `rego` when `[policy] enabled`.
     pub engine_type: Option<PolicyEngineType>,
     pub opa_endpoint: Option<String>,
+    /// Where `rego` reads its `*.rego` files (`PACT_POLICY_DIR`; None: /etc/pact/policies).
+    pub policy_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -503,7 +508,7 @@ fn load_with_default(
         policy: PolicyConfig {
             enabled: false,
             iam: IamConfig { oidc_issuer: None, oidc_audience: None, jwks_url: None, hmac_secret: None },
-            engine: PolicyEngineConfig { engine_type: None, opa_endpoint: None },
+            engine: PolicyEngineConfig { engine_type: None, opa_endpoint: None, policy_dir: None },
             federation: FederationConfig { sovra_endpoint: None, sync_interval_seconds: DEFAULT_SYNC_INTERVAL_SECONDS },
         },
         telemetry: TelemetryConfig {
@@ -600,6 +605,9 @@ fn load_with_default(
         })?);
     }
 
+    if let Some(v) = env("PACT_POLICY_DIR") {
+        cfg.policy.engine.policy_dir = Some(PathBuf::from(v));
+    }
     let iam = &mut cfg.policy.iam;
     if let Some(v) = env("PACT_OIDC_ISSUER") {
         iam.oidc_issuer = Some(v);
@@ -861,9 +869,6 @@ fn read_file(
         p.check_keys(&["enabled", "iam", "engine", "federation"])?;
         if let Some(b) = p.bool("enabled")? {
             cfg.policy.enabled = b;
-            if b {
-                inactive.push("policy.enabled".to_string());
-            }
         }
         if let Some(iam) = p.section("iam")? {
             iam.check_keys(&["oidc_issuer", "oidc_audience", "jwks_url", "hmac_secret"])?;
@@ -874,7 +879,7 @@ fn read_file(
             c.hmac_secret = non_empty(&iam, "hmac_secret")?;
         }
         if let Some(e) = p.section("engine")? {
-            e.check_keys(&["type", "opa_endpoint"])?;
+            e.check_keys(&["type", "opa_endpoint", "policy_dir"])?;
             let c = &mut cfg.policy.engine;
             c.engine_type = e.one_of("type", &["opa", "rego", "builtin"])?.map(|t| match t {
                 "opa" => PolicyEngineType::Opa,
@@ -882,9 +887,7 @@ fn read_file(
                 _ => PolicyEngineType::Builtin,
             });
             c.opa_endpoint = url(&e, "opa_endpoint")?;
-            if !e.is_empty() {
-                inactive.push("policy.engine.*".to_string());
-            }
+            c.policy_dir = non_empty(&e, "policy_dir")?.map(PathBuf::from);
         }
         if let Some(f) = p.section("federation")? {
             f.check_keys(&["sovra_endpoint", "sync_interval_seconds"])?;
@@ -1022,14 +1025,28 @@ mod tests {
         assert_eq!(cfg.policy.iam.oidc_issuer.as_deref(), Some("https://auth.example.org/realms/hpc"));
         assert_eq!(cfg.policy.iam.oidc_audience.as_deref(), Some("pact"));
         assert_eq!(cfg.policy.engine.engine_type, Some(PolicyEngineType::Opa));
+        assert_eq!(cfg.policy.engine.opa_endpoint.as_deref(), Some("http://localhost:8181/v1/data/pact"));
+        assert_eq!(cfg.policy.engine.policy_dir, None);
         assert_eq!(cfg.telemetry.log_level, LogLevel::Info);
         assert_eq!(cfg.telemetry.log_format, LogFormat::Json);
         assert_eq!(cfg.metrics_listen, Some("0.0.0.0:9091".parse().unwrap()));
         assert!(cfg.telemetry.loki_enabled);
-        assert_eq!(
-            cfg.not_yet_active,
-            vec!["policy.enabled", "policy.engine.*", "telemetry.loki_enabled/loki_endpoint",]
-        );
+        assert_eq!(cfg.not_yet_active, vec!["telemetry.loki_enabled/loki_endpoint"]);
+    }
+
+    #[test]
+    fn policy_engine_keys() {
+        let text = "[policy]\nenabled = true\n[policy.engine]\ntype = \"rego\"\npolicy_dir = \"/srv/policies\"\n";
+        let cfg = load_text(text, Flags { dev: true, ..Flags::default() }, &[]).unwrap();
+        assert!(cfg.policy.enabled);
+        assert_eq!(cfg.policy.engine.engine_type, Some(PolicyEngineType::Rego));
+        assert_eq!(cfg.policy.engine.policy_dir, Some(PathBuf::from("/srv/policies")));
+        assert!(cfg.not_yet_active.is_empty(), "{:?}", cfg.not_yet_active);
+        let cfg = load_text(text, Flags { dev: true, ..Flags::default() }, &[("PACT_POLICY_DIR", "/env/p")]).unwrap();
+        assert_eq!(cfg.policy.engine.policy_dir, Some(PathBuf::from("/env/p")));
+        let e = load_text("[policy.engine]\npolicy_dirs = \"/x\"\n", Flags { dev: true, ..Flags::default() }, &[])
+            .unwrap_err();
+        assert!(e.message.contains("policy_dir"), "{e}");
     }
 
     #[test]

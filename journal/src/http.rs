@@ -104,7 +104,7 @@ pub fn metrics_text(shard: &ShardRef) -> String {
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let log_entries = shard.store.raft_log_len().unwrap_or(0);
     let entries = shard.store.read_txn().ok().and_then(|t| shard.store.entry_count(&t).ok()).unwrap_or(0);
-    let metrics: [(&str, &str, &str, u64); 30] = [
+    let metrics: [(&str, &str, &str, u64); 31] = [
         ("pact_journal_up", "gauge", "1 while this journal process serves.", 1),
         (
             "pact_journal_raft_leader",
@@ -195,6 +195,12 @@ pub fn metrics_text(shard: &ShardRef) -> String {
             "counter",
             "Refused requests only counted, over the recording bound; the next record carries their number.",
             g(&s.denials_unrecorded_total),
+        ),
+        (
+            "pact_journal_policy_degraded_total",
+            "counter",
+            "Requests decided while the policy engine did not answer: writes refused, reads on the built-in rules.",
+            g(&s.policy_degraded_total),
         ),
         (
             "pact_journal_overlay_builds_total",

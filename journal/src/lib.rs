@@ -15,6 +15,7 @@ pub mod log;
 pub mod net;
 pub mod peer;
 pub mod pki;
+pub mod policy;
 pub mod raft_driver;
 pub mod replica;
 pub mod rpc;

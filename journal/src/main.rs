@@ -17,6 +17,7 @@ use pact_journal::{
 
 use glommio::channels::shared_channel;
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
+use pact_journal::policy::PolicyEngine;
 use pact_journal::shard::{Outcome, Proposal, ProposalTx, Shard};
 use pact_journal::shared::Shared;
 use pact_journal::store::Store;
@@ -98,6 +99,14 @@ fn main() -> ExitCode {
             }
         }
     }
+    // Policies are loaded (and their syntax checked) now, for --check as for a start.
+    let policy = match pact_journal::policy::PolicyEngine::from_config(&cfg.policy) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pact-journal: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     if flags.check {
         use std::fmt::Write as _;
         let mut text = String::new();
@@ -141,13 +150,15 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         }
+        let engine = policy.as_ref().map(|p| p.describe()).unwrap_or_else(|| "off (built-in role rules only)".into());
+        let _ = writeln!(text, "  policy engine: {engine}");
         for note in &cfg.not_yet_active {
             let _ = writeln!(text, "  configured, not yet active: {note}");
         }
         out(&text);
         return ExitCode::SUCCESS;
     }
-    match run(cfg) {
+    match run(cfg, policy) {
         Ok(()) => ExitCode::SUCCESS,
         Err((code, msg)) => {
             error!("{msg}");
@@ -182,9 +193,19 @@ fn accepts(addr: std::net::SocketAddr) -> bool {
     std::net::TcpStream::connect_timeout(&target, Duration::from_millis(500)).is_ok()
 }
 
-fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
+fn run(cfg: config::JournalConfig, policy: Option<PolicyEngine>) -> Result<(), (u8, String)> {
     for note in &cfg.not_yet_active {
         warn!("configured, not yet active: {note}");
+    }
+    match &policy {
+        Some(PolicyEngine::Rego(r)) if r.files.is_empty() => {
+            warn!(
+                "policy engine: rego, but {} holds no .rego file: nothing is refused beyond the built-in roles",
+                r.dir.display()
+            )
+        }
+        Some(p) => info!("policy engine: {}", p.describe()),
+        None => info!("policy engine: off (built-in role rules only)"),
     }
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| (EXIT_DATA_DIR, format!("{}: {e}", cfg.data_dir.display())))?;
     let _lock = sys::lock_data_dir(&cfg.data_dir).map_err(|e| (EXIT_DATA_DIR, e))?;
@@ -395,6 +416,7 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
         };
         let (store, shared, verifier, tls, ready) =
             (store.clone(), shared.clone(), verifier.clone(), tls.clone(), ready_tx.clone());
+        let policy = policy.clone();
         let listen = cfg.listen_addr;
         let metrics_listen = if id == 0 { cfg.metrics_listen } else { None };
         let raft_parts = if id == 0 { raft_side.take() } else { None };
@@ -426,13 +448,10 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
                     glommio::spawn_local(peer::serve(raft_listener, peer_server_tls, local_tx.clone(), shared.clone()))
                         .detach();
                     let peers = peer::Peers::new(&me_member, peer_client_tls, local_tx.clone(), shared.clone());
-                    let me = Rc::new(Shard::new(
-                        0,
-                        store.clone(),
-                        shared.clone(),
-                        verifier,
-                        ProposalTx::Local(local_tx.clone()),
-                    ));
+                    let mut me =
+                        Shard::new(0, store.clone(), shared.clone(), verifier, ProposalTx::Local(local_tx.clone()));
+                    me.policy = policy.map(std::cell::RefCell::new);
+                    let me = Rc::new(me);
                     // Forward every other shard's proposals into the driver's inbox.
                     for rx in prop_rx {
                         let fwd = local_tx.clone();
@@ -476,7 +495,9 @@ fn run(cfg: config::JournalConfig) -> Result<(), (u8, String)> {
                     serving.await;
                 } else {
                     let to_raft = to_raft.expect("shard has a proposal channel").connect().await;
-                    let me = Rc::new(Shard::new(id, store, shared, verifier, ProposalTx::Remote(to_raft)));
+                    let mut me = Shard::new(id, store, shared, verifier, ProposalTx::Remote(to_raft));
+                    me.policy = policy.map(std::cell::RefCell::new);
+                    let me = Rc::new(me);
                     let from_raft = from_raft.expect("shard has a result channel").connect().await;
                     let me2 = me.clone();
                     glommio::spawn_local(async move {

@@ -60,13 +60,63 @@ pub fn record_denial(shard: &ShardRef, caller: Option<&Caller>, method: Method, 
         return;
     };
     Shared::inc(&shard.shared.denials_recorded_total);
+    propose_record(shard, entry);
+}
+
+/// Appends an audit record in the background: the answer to the request does not wait.
+fn propose_record(shard: &ShardRef, entry: ConfigEntry) {
     let s = shard.clone();
     glommio::spawn_local(async move {
         if let Err(e) = s.propose(command::Op::AppendEntry(entry)).await {
-            crate::debug!("a refused request was not recorded: {e}");
+            crate::debug!("an audit record was not appended: {e}");
         }
     })
     .detach();
+}
+
+/// Puts a decision taken without the policy engine on the record (`degraded:`), within the
+/// same bound as refusals.
+fn record_degraded(shard: &ShardRef, caller: &Caller, method: Method, why: &str) {
+    let Some(mut entry) =
+        crate::audit::denial(&shard.audit, shard.shared.node_id, Some(caller), method.name(), None, why)
+    else {
+        Shared::inc(&shard.shared.denials_unrecorded_total);
+        return;
+    };
+    entry.policy_ref = entry.policy_ref.replacen("denied: ", "degraded: ", 1);
+    propose_record(shard, entry);
+}
+
+/// What a policy engine must be asked about, so that without one it is refused: deciding an
+/// approval, an emergency, writes by a regulated role, and writes to a vCluster whose policy
+/// asks for two-person approval or marks it regulated.
+fn policy_dependent(
+    shard: &ShardRef,
+    caller: &Caller,
+    method: Method,
+    entry_type: Option<i32>,
+    target: Option<&authz::Target<'_>>,
+) -> bool {
+    use pact_proto::config::EntryType;
+    if method == Method::DecideApproval || matches!(authz::role(caller), authz::Role::Regulated(_)) {
+        return true;
+    }
+    let kind = entry_type.and_then(|t| EntryType::try_from(t).ok());
+    if matches!(
+        kind,
+        Some(
+            EntryType::EmergencyStart
+                | EntryType::EmergencyEnd
+                | EntryType::PendingApproval
+                | EntryType::ApprovalDecision
+        )
+    ) {
+        return true;
+    }
+    // A policy that cannot be read counts as one that asks for approval.
+    vcluster_policy(shard, target.and_then(authz::vcluster_of))
+        .map(|p| p.is_some_and(|p| p.two_person_approval == Some(true) || p.regulated == Some(true)))
+        .unwrap_or(true)
 }
 
 /// The target a node-scoped request touches: the node and the vCluster it is assigned to.
@@ -87,6 +137,159 @@ fn scope_target<'a>(shard: &ShardRef, scope: Option<&'a Scope>) -> Result<authz:
 
 fn denied(m: String) -> RemoteError {
     err(ErrorCode::PermissionDenied, m)
+}
+
+/// Most policy queries to OPA in flight per shard; past it a query counts as unanswered.
+pub const MAX_OPA_IN_FLIGHT: u32 = 64;
+
+/// Asks the policy engine, when one is configured, about a request the built-in role rules
+/// already allowed: it may refuse (`PolicyRejected`), never allow more. While the engine does
+/// not answer, the built-in rules decide alone, except that what depends on policy
+/// (`policy_dependent`) is refused; each such decision is recorded (`degraded:` or
+/// `denied:`). `Ok(true)`: the policy asks for two-person approval, which only an appended
+/// entry can have (`can_hold`); another write is then refused, a read ignores it.
+async fn consult_hold(
+    shard: &ShardRef,
+    caller: &Caller,
+    method: Method,
+    need: authz::Need,
+    entry_type: Option<i32>,
+    target: Option<&authz::Target<'_>>,
+    can_hold: bool,
+) -> Result<bool, RemoteError> {
+    match evaluate(shard, caller, method, need, entry_type, target).await? {
+        crate::policy::Decision::RequireApproval if need == authz::Need::Write && !can_hold => Err(err(
+            ErrorCode::PolicyRejected,
+            format!(
+                "the policy asks for two-person approval, which only appended entries can have; {} is refused",
+                method.name()
+            ),
+        )),
+        crate::policy::Decision::RequireApproval => Ok(need == authz::Need::Write),
+        _ => Ok(false),
+    }
+}
+
+/// [`consult_hold`] for requests that cannot be held.
+async fn consult(
+    shard: &ShardRef,
+    caller: &Caller,
+    method: Method,
+    need: authz::Need,
+    entry_type: Option<i32>,
+    target: Option<&authz::Target<'_>>,
+) -> Result<(), RemoteError> {
+    consult_hold(shard, caller, method, need, entry_type, target, false).await.map(|_| ())
+}
+
+/// The engine's decision: Allow or RequireApproval, else the refusal.
+async fn evaluate(
+    shard: &ShardRef,
+    caller: &Caller,
+    method: Method,
+    need: authz::Need,
+    entry_type: Option<i32>,
+    target: Option<&authz::Target<'_>>,
+) -> Result<crate::policy::Decision, RemoteError> {
+    use crate::policy::{Decision, Input, PolicyEngine};
+    let Some(engine) = &shard.policy else { return Ok(Decision::Allow) };
+    let input = Input {
+        principal: caller.principal.clone(),
+        role: caller.role.clone(),
+        principal_type: caller.principal_type.clone(),
+        method: method.name().to_string(),
+        write: need == authz::Need::Write,
+        entry_type: entry_type
+            .and_then(|t| pact_proto::config::EntryType::try_from(t).ok())
+            .map(|t| t.as_str_name().trim_start_matches("ENTRY_TYPE_").to_ascii_lowercase()),
+        scope: target.map(|t| match t {
+            authz::Target::Global => ("global".to_string(), String::new()),
+            authz::Target::VCluster(v) => ("vcluster".to_string(), v.to_string()),
+            authz::Target::Node { node, .. } => ("node".to_string(), node.to_string()),
+        }),
+        vcluster: target.and_then(authz::vcluster_of).map(str::to_string),
+        node: match target {
+            Some(authz::Target::Node { node, .. }) => Some(node.to_string()),
+            _ => None,
+        },
+    };
+    let opa = match &*engine.borrow() {
+        PolicyEngine::Opa(o) => Some(o.clone()),
+        PolicyEngine::Rego(_) => None,
+    };
+    let decision = match opa {
+        // Rego runs here, bounded by its evaluation time limit.
+        None => engine.borrow_mut().evaluate(&input),
+        Some(o) => opa_decision(shard, o, input.clone()).await,
+    };
+    match decision {
+        Decision::Allow | Decision::RequireApproval => Ok(decision),
+        Decision::Deny(why) => Err(err(ErrorCode::PolicyRejected, format!("denied by policy: {why}"))),
+        Decision::Unavailable(why) => {
+            // Degraded: the built-in role rules (the cached bindings) still decide, except for
+            // what depends on policy itself, which is refused. Either way it is on the record.
+            Shared::inc(&shard.shared.policy_degraded_total);
+            if input.write && policy_dependent(shard, caller, method, entry_type, target) {
+                // Recorded as a refusal by `handle` (PolicyRejected).
+                return Err(err(
+                    ErrorCode::PolicyRejected,
+                    format!(
+                        "policy engine unavailable ({why}): {} depends on policy (two-person approval, a regulated vCluster, an emergency) and is refused until it answers",
+                        method.name()
+                    ),
+                ));
+            }
+            let line = format!(
+                "{} {} allowed on the built-in role rules alone; policy engine unavailable ({why})",
+                method.name(),
+                input.action()
+            );
+            record_degraded(shard, caller, method, &line);
+            let now = std::time::Instant::now();
+            if shard.policy_warned.get().is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10)) {
+                shard.policy_warned.set(Some(now));
+                crate::warn!("{line} (by {})", caller.principal);
+            }
+            Ok(Decision::Allow)
+        }
+    }
+}
+
+/// One OPA query on a thread of its own (the exchange blocks for up to its timeout; the
+/// shard's blocking pool also carries the store's commits), polled from the shard.
+async fn opa_decision(
+    shard: &ShardRef,
+    opa: std::sync::Arc<crate::policy::Opa>,
+    input: crate::policy::Input,
+) -> crate::policy::Decision {
+    use crate::policy::Decision;
+    if shard.opa_in_flight.get() >= MAX_OPA_IN_FLIGHT {
+        return Decision::Unavailable(format!("{MAX_OPA_IN_FLIGHT} policy queries already in flight on this shard"));
+    }
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let out = slot.clone();
+    let spawned = std::thread::Builder::new().name("opa".into()).spawn(move || {
+        let d = opa.evaluate(&input);
+        if let Ok(mut s) = out.lock() {
+            *s = Some(d);
+        }
+    });
+    let Ok(thread) = spawned else { return Decision::Unavailable("cannot start a thread for the OPA query".into()) };
+    shard.opa_in_flight.set(shard.opa_in_flight.get() + 1);
+    let mut pause = std::time::Duration::from_micros(100);
+    let d = loop {
+        let finished = thread.is_finished();
+        if let Some(d) = slot.lock().ok().and_then(|mut s| s.take()) {
+            break d;
+        }
+        if finished {
+            break Decision::Unavailable("the OPA query ended without an answer".into());
+        }
+        glommio::timer::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(5));
+    };
+    shard.opa_in_flight.set(shard.opa_in_flight.get() - 1);
+    d
 }
 
 /// `caller` may `need` on what `scope` names.
@@ -145,7 +348,7 @@ pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<R
     let caller = authenticate(shard, &req.bearer_token, method).await?;
     let r = handle_as(shard, method, req, &caller).await;
     if let Err(e) = &r {
-        if e.code == ErrorCode::PermissionDenied {
+        if matches!(e.code, ErrorCode::PermissionDenied | ErrorCode::PolicyRejected) {
             record_denial(shard, Some(&caller), method, &e.message);
         }
     }
@@ -188,10 +391,14 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
             let policy = vcluster_policy(shard, authz::vcluster_of(&target))?;
             let two_person =
                 policy.as_ref().is_some_and(|p| p.two_person_approval == Some(true) || p.regulated == Some(true));
-            let gate = authz::check_append(caller, kind, &target, two_person).map_err(denied)?;
+            let mut gate = authz::check_append(caller, kind, &target, two_person).map_err(denied)?;
             if let Some(vc) = (kind == pact_proto::config::EntryType::NodeMoved).then_some(&entry.target_vcluster) {
                 // Moving a node also acts on the vCluster it goes to.
                 authz::check(caller, authz::Need::Write, &authz::Target::VCluster(vc)).map_err(denied)?;
+            }
+            let w = authz::Need::Write;
+            if consult_hold(shard, caller, method, w, Some(entry.entry_type), Some(&target), true).await? {
+                gate = authz::Gate::Approval;
             }
             if let Some(p) = entry.parent {
                 let next = next_sequence(shard)?;
@@ -223,10 +430,15 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
         }
         Method::GetEntry => {
             let r: GetEntryRequest = decode(method, body)?;
-            let txn = shard.store.read_txn().map_err(internal)?;
-            match shard.store.get_entry(&txn, r.sequence).map_err(internal)? {
+            let found = {
+                let txn = shard.store.read_txn().map_err(internal)?;
+                shard.store.get_entry(&txn, r.sequence).map_err(internal)?
+            };
+            match found {
                 Some(e) => {
-                    allow(shard, caller, authz::Need::Read, e.scope.as_ref())?;
+                    let target = scope_target(shard, e.scope.as_ref())?;
+                    authz::check(caller, authz::Need::Read, &target).map_err(denied)?;
+                    consult(shard, caller, method, authz::Need::Read, Some(e.entry_type), Some(&target)).await?;
                     Ok(Reply::One(e.encode_to_vec()))
                 }
                 None => Err(err(ErrorCode::NotFound, format!("no entry with sequence {}", r.sequence))),
@@ -242,6 +454,8 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
             if scope.is_some() {
                 allow(shard, caller, authz::Need::Read, scope)?;
             }
+            let target = scope.map(|s| scope_target(shard, Some(s))).transpose()?;
+            consult(shard, caller, method, authz::Need::Read, None, target.as_ref()).await?;
             let txn = shard.store.read_txn().map_err(internal)?;
             // Without a scope, a caller who may not read everything sees what it may read.
             let keep = |e: &ConfigEntry| {
@@ -265,7 +479,9 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
         Method::GetNodeState => {
             let r: GetNodeStateRequest = decode(method, body)?;
             state::validate_id(&r.node_id, "node id").map_err(|m| err(ErrorCode::InvalidArgument, m))?;
-            authz::check(caller, authz::Need::Read, &node_target(shard, &r.node_id)?).map_err(denied)?;
+            let target = node_target(shard, &r.node_id)?;
+            authz::check(caller, authz::Need::Read, &target).map_err(denied)?;
+            consult(shard, caller, method, authz::Need::Read, None, Some(&target)).await?;
             let txn = shard.store.read_txn().map_err(internal)?;
             match shard.store.get_node_state(&txn, &r.node_id).map_err(internal)? {
                 Some(s) => Ok(Reply::One(s.encode_to_vec())),
@@ -276,7 +492,9 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
             let mut r: SetNodeStateRequest = decode(method, body)?;
             state::validate_id(&r.node_id, "node id").map_err(|m| err(ErrorCode::InvalidArgument, m))?;
             shard.wait_stored().await?;
-            authz::check(caller, authz::Need::Write, &node_target(shard, &r.node_id)?).map_err(denied)?;
+            let target = node_target(shard, &r.node_id)?;
+            authz::check(caller, authz::Need::Write, &target).map_err(denied)?;
+            consult(shard, caller, method, authz::Need::Write, None, Some(&target)).await?;
             r.author = Some(identity_of(caller));
             let result = shard.propose(command::Op::SetNodeState(r)).await?;
             match result.result {
@@ -288,14 +506,19 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
         Method::GetOverlay => {
             let r: GetOverlayRequest = decode(method, body)?;
             state::validate_id(&r.vcluster_id, "vcluster id").map_err(|m| err(ErrorCode::InvalidArgument, m))?;
-            authz::check(caller, authz::Need::Read, &authz::Target::VCluster(&r.vcluster_id)).map_err(denied)?;
+            let target = authz::Target::VCluster(&r.vcluster_id);
+            authz::check(caller, authz::Need::Read, &target).map_err(denied)?;
+            consult(shard, caller, method, authz::Need::Read, None, Some(&target)).await?;
             let txn = shard.store.read_txn().map_err(internal)?;
             match shard.store.get_overlay(&txn, &r.vcluster_id).map_err(internal)? {
                 Some(o) => Ok(Reply::One(o.encode_to_vec())),
                 None => Err(err(ErrorCode::NotFound, format!("no overlay recorded for vCluster {}", r.vcluster_id))),
             }
         }
-        Method::JournalStatus => Ok(Reply::One(status(shard)?.encode_to_vec())),
+        Method::JournalStatus => {
+            consult(shard, caller, method, authz::Need::Read, None, None).await?;
+            Ok(Reply::One(status(shard)?.encode_to_vec()))
+        }
         Method::ChangeMembership => {
             if authz::role(caller) != authz::Role::Admin {
                 return Err(err(
@@ -303,6 +526,7 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
                     "changing the journal membership needs pact-platform-admin",
                 ));
             }
+            consult(shard, caller, method, authz::Need::Write, None, None).await?;
             let r: ChangeMembershipRequest = decode(method, body)?;
             let action = MembershipAction::try_from(r.action).unwrap_or(MembershipAction::Unspecified);
             if r.node_id == 0 {
@@ -350,6 +574,8 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
             if scope.is_some() {
                 allow(shard, caller, authz::Need::Read, scope)?;
             }
+            let target = scope.map(|s| scope_target(shard, Some(s))).transpose()?;
+            consult(shard, caller, method, authz::Need::Read, None, target.as_ref()).await?;
             let txn = shard.store.read_txn().map_err(internal)?;
             let all = shard.store.list_approvals(&txn, r.include_decided, MAX_LIST_LIMIT as usize).map_err(internal)?;
             let mut out = ListApprovalsResponse::default();
@@ -402,7 +628,10 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
             };
             let a = a.ok_or_else(|| err(ErrorCode::NotFound, format!("no approval {id}")))?;
             let requester = a.requester.as_ref().map(|r| r.principal.as_str()).unwrap_or_default();
-            authz::check_decide(caller, requester, &scope_target(shard, a.scope.as_ref())?).map_err(denied)?;
+            let target = scope_target(shard, a.scope.as_ref())?;
+            authz::check_decide(caller, requester, &target).map_err(denied)?;
+            let decision = pact_proto::config::EntryType::ApprovalDecision as i32;
+            consult(shard, caller, method, authz::Need::Write, Some(decision), Some(&target)).await?;
             if a.status != ApprovalStatus::Pending as i32 {
                 return Err(err(
                     ErrorCode::FailedPrecondition,

@@ -68,6 +68,12 @@ pub struct Shard {
     pub boot: crate::boot::Local,
     /// Bounds on recording refused requests (see `audit`).
     pub audit: crate::audit::Limiter,
+    /// This shard's copy of the policy engine (None: the built-in role rules alone decide).
+    pub policy: Option<RefCell<crate::policy::PolicyEngine>>,
+    /// OPA queries this shard is waiting for (bounded by `rpc::MAX_OPA_IN_FLIGHT`).
+    pub opa_in_flight: Cell<u32>,
+    /// When this shard last logged a read served without the policy engine (one line per 10 s).
+    pub policy_warned: Cell<Option<std::time::Instant>>,
     pending: RefCell<HashMap<u64, LocalSender<Outcome>>>,
     next_proposal: Cell<u64>,
 }
@@ -88,6 +94,9 @@ impl Shard {
             proposals,
             boot: Default::default(),
             audit: Default::default(),
+            policy: None,
+            opa_in_flight: Cell::new(0),
+            policy_warned: Cell::new(None),
             pending: RefCell::new(HashMap::new()),
             next_proposal: Cell::new(1),
         }

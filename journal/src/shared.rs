@@ -52,6 +52,8 @@ pub struct Shared {
     /// Refused requests put on the record, and those only counted (see `audit`).
     pub denials_recorded_total: AtomicU64,
     pub denials_unrecorded_total: AtomicU64,
+    /// Requests decided without the policy engine because it did not answer (`rpc::consult`).
+    pub policy_degraded_total: AtomicU64,
     pub boot_stream_micros_total: AtomicU64,
     /// Completed boot streams by duration: counts per `BOOT_BUCKETS_SECONDS` upper bound
     /// (not cumulative here; `/metrics` sums them), the last slot for +Inf.

@@ -1,7 +1,8 @@
 //! A small, bounded HTTP/1.1 client for the few exchanges pact makes itself: GETs of an OpenID
 //! provider's discovery document and its JWKS (token verification on the journal and on every
 //! agent), and form POSTs to its token, device-authorization and revocation endpoints (`pact
-//! login`, `pact logout`, the CLI's silent token refresh). Blocking, one request per connection
+//! login`, `pact logout`, the CLI's silent token refresh), and JSON POSTs to an OPA policy
+//! endpoint (the journal's policy engine, [`post_json`]). Blocking, one request per connection
 //! (`Connection: close`), no redirects, no cookies, no proxies: enough for a key endpoint, small
 //! enough for the agent's image, and no async runtime.
 //!
@@ -177,6 +178,24 @@ pub fn post_form(
         headers.push(("Authorization", format!("Basic {}", base64(pair.as_bytes(), STANDARD, true))));
     }
     request(url, tls, "POST", &headers, body.as_bytes(), timeout)
+}
+
+/// POSTs `json` (already encoded) as `application/json` to `url` (the journal's OPA policy
+/// query) and returns the answer, whatever its status. The request body is bounded by
+/// [`MAX_BODY`] like the answer's. `tls` is required for `https://`.
+pub fn post_json(
+    url: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    json: &[u8],
+    timeout: Duration,
+) -> Result<Response, HttpError> {
+    if json.len() > MAX_BODY {
+        return Err(HttpError::new(
+            ErrorKind::Other,
+            format!("{url}: request body of {} bytes is over the {MAX_BODY}-byte limit", json.len()),
+        ));
+    }
+    request(url, tls, "POST", &[("Content-Type", "application/json".to_string())], json, timeout)
 }
 
 /// One request on a fresh connection, bounded by `timeout` as a whole.
@@ -609,6 +628,25 @@ mod tests {
         let e = post_form(&url, None, &[], None, Duration::from_secs(2)).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unreachable, "{e}");
         assert!(e.message.contains("connect") && e.message.contains(&url), "{e}");
+    }
+
+    #[test]
+    fn post_json_over_loopback() {
+        let (port, t) = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n{\"result\":true}\n");
+        let url = format!("http://127.0.0.1:{port}/v1/data/pact");
+        let body = br#"{"input":{"a":1}}"#;
+        let r = post_json(&url, None, body, Duration::from_secs(5)).unwrap();
+        assert_eq!((r.status, r.text().trim()), (200, "{\"result\":true}"));
+        let req = t.join().unwrap();
+        assert!(req.starts_with(&format!("POST /v1/data/pact HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n")), "{req}");
+        assert!(req.contains("\r\nContent-Type: application/json\r\n"), "{req}");
+        assert!(req.contains(&format!("\r\nContent-Length: {}\r\n", body.len())), "{req}");
+        assert!(req.ends_with("\r\n\r\n{\"input\":{\"a\":1}}"), "{req}");
+        // Too large a request is refused before connecting; nothing listening: unreachable.
+        let e = post_json(&url, None, &vec![b' '; MAX_BODY + 1], Duration::from_secs(2)).unwrap_err();
+        assert!(e.kind == ErrorKind::Other && e.message.contains("over the"), "{e}");
+        let e = post_json(&url, None, b"{}", Duration::from_secs(2)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unreachable, "{e}");
     }
 
     #[test]

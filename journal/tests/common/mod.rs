@@ -224,5 +224,6 @@ pub const JOURNAL_ENV: &[&str] = &[
     "PACT_OIDC_JWKS_URL",
     "PACT_OIDC_HMAC_SECRET",
     "PACT_OIDC_CA_BUNDLE",
+    "PACT_POLICY_DIR",
     "PACT_LOG",
 ];
