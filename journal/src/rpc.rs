@@ -240,15 +240,14 @@ async fn evaluate(
                 ));
             }
             let line = format!(
-                "{} {} allowed on the built-in role rules alone; policy engine unavailable ({why})",
-                method.name(),
+                "{} allowed on the built-in role rules alone; policy engine unavailable ({why})",
                 input.action()
             );
             record_degraded(shard, caller, method, &line);
             let now = std::time::Instant::now();
             if shard.policy_warned.get().is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10)) {
                 shard.policy_warned.set(Some(now));
-                crate::warn!("{line} (by {})", caller.principal);
+                crate::warn!("{} {line} (by {})", method.name(), caller.principal);
             }
             Ok(Decision::Allow)
         }

@@ -187,7 +187,7 @@ fn an_unreachable_opa_leaves_the_floor_deciding_and_refuses_what_depends_on_poli
         let all = list(&mut admin, None).unwrap();
         let degraded = |who: &str| {
             all.iter().any(|e| {
-                e.policy_ref.starts_with("degraded: AppendEntry: AppendEntry write allowed on the built-in role rules")
+                e.policy_ref.starts_with("degraded: AppendEntry: write allowed on the built-in role rules")
                     && e.author.as_ref().is_some_and(|a| a.principal == who)
             })
         };
