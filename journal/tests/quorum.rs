@@ -172,8 +172,24 @@ fn removing_the_leader_hands_over_leadership() {
     let new = c.wait_new_leader(l, secs(20));
     c.say(&format!("removed leader {l}; {new} leads"));
     for (k, id) in stay.iter().enumerate() {
-        c.append_via(*id, &log, &format!("after-{k}"))
-            .unwrap_or_else(|e| panic!("append through {id} after removing the leader: {e}"));
+        // A journal that has not heard from the new leader yet answers Unavailable ("the
+        // leader changed before this was committed; it may or may not have been applied"):
+        // a client retries, as this one does, under a new label (the unacknowledged one may or
+        // may not be in the log, which check_replicas allows).
+        let deadline = Instant::now() + secs(10);
+        let mut attempt = 0;
+        loop {
+            match c.append_via(*id, &log, &format!("after-{k}-{attempt}")) {
+                Ok(_) => break,
+                Err(pact_proto::client::CallError::Remote(e))
+                    if e.code == pact_proto::ErrorCode::Unavailable && Instant::now() < deadline =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("append through {id} after removing the leader: {e}"),
+            }
+        }
     }
     c.assert_alive(l);
     let text = std::fs::read_to_string(c.nodes[&l].log_path()).unwrap_or_default();
