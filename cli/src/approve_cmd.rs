@@ -7,8 +7,7 @@ use crate::settings::Settings;
 use crate::Failure;
 use nanoserde::SerJson;
 use pact_proto::policy::{
-    ApprovalStatus, DecideApprovalRequest, DecideApprovalResponse, ListApprovalsRequest, ListApprovalsResponse,
-    PendingApproval,
+    DecideApprovalRequest, DecideApprovalResponse, ListApprovalsRequest, ListApprovalsResponse, PendingApproval,
 };
 use pact_proto::Method;
 
@@ -60,15 +59,7 @@ pub struct Opts<'a> {
     pub message: Option<&'a str>,
 }
 
-fn status_text(s: i32) -> &'static str {
-    match ApprovalStatus::try_from(s) {
-        Ok(ApprovalStatus::Pending) => "pending",
-        Ok(ApprovalStatus::Approved) => "approved",
-        Ok(ApprovalStatus::Rejected) => "rejected",
-        Ok(ApprovalStatus::Expired) => "expired",
-        _ => "unknown",
-    }
-}
+use pact_proto::approval_status_text as status_text;
 
 fn json(a: &PendingApproval) -> ApprovalJson {
     ApprovalJson {

@@ -557,6 +557,17 @@ mod tests {
         assert_ne!(v, random_b64(32).unwrap());
     }
 
+    /// An environment with only HOME (and no cli.toml, no dev profile).
+    fn env_at(home: &std::path::Path) -> impl Fn(&str) -> Option<String> {
+        let h = home.display().to_string();
+        move |k: &str| match k {
+            "HOME" => Some(h.clone()),
+            "PACT_CLI_CONFIG" => Some("/nonexistent/cli.toml".into()),
+            "PACT_DEV_DIR" => Some("/nonexistent".into()),
+            _ => None,
+        }
+    }
+
     fn args(a: &[&str]) -> Vec<std::ffi::OsString> {
         a.iter().map(std::ffi::OsString::from).collect()
     }
@@ -564,13 +575,7 @@ mod tests {
     #[test]
     fn login_and_logout_command_lines() {
         let home = std::env::temp_dir().join(format!("pact-cli-login-args-{}", std::process::id()));
-        let h = home.display().to_string();
-        let env = move |k: &str| match k {
-            "HOME" => Some(h.clone()),
-            "PACT_CLI_CONFIG" => Some("/nonexistent/cli.toml".into()),
-            "PACT_DEV_DIR" => Some("/nonexistent".into()),
-            _ => None,
-        };
+        let env = env_at(&home);
         let run = |a: &[&str]| crate::commands::run(args(a), &env);
         assert_eq!(run(&["login", "--help"]).unwrap(), LOGIN_HELP);
         assert_eq!(run(&["logout", "-h"]).unwrap(), LOGOUT_HELP);
@@ -621,13 +626,7 @@ mod tests {
         c.servers.insert("a:1".into(), entry("ta"));
         c.servers.insert("b:2".into(), entry("tb"));
         tokens::save(&path, &c).unwrap();
-        let h = home.display().to_string();
-        let env = move |k: &str| match k {
-            "HOME" => Some(h.clone()),
-            "PACT_CLI_CONFIG" => Some("/nonexistent/cli.toml".into()),
-            "PACT_DEV_DIR" => Some("/nonexistent".into()),
-            _ => None,
-        };
+        let env = env_at(&home);
         let run = |a: &[&str]| crate::commands::run(args(a), &env);
         // The endpoint defaults to the default server, a:1.
         let out = run(&["logout"]).unwrap();

@@ -63,15 +63,7 @@ pub fn parse_id(id: &str) -> Option<u64> {
     id.trim().parse::<u64>().ok().filter(|v| *v > 0)
 }
 
-pub fn status_text(s: i32) -> &'static str {
-    match ApprovalStatus::try_from(s) {
-        Ok(ApprovalStatus::Pending) => "pending",
-        Ok(ApprovalStatus::Approved) => "approved",
-        Ok(ApprovalStatus::Rejected) => "rejected",
-        Ok(ApprovalStatus::Expired) => "expired",
-        _ => "unknown",
-    }
-}
+pub use pact_proto::approval_status_text as status_text;
 
 /// The held entry inside an approval's request.
 pub fn held_entry(a: &PendingApproval) -> std::result::Result<ConfigEntry, String> {
@@ -245,10 +237,11 @@ pub fn decision_entry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::tests::{appended as seq, cmd, reject_reason as why};
     use crate::state::{apply, Input, Shadow};
     use crate::store::{LmdbState, Store};
     use pact_proto::config::{scope::Target, Identity, Scope};
-    use pact_proto::journal::{command, Command};
+    use pact_proto::journal::Command;
 
     fn who(p: &str, role: &str) -> Identity {
         Identity { principal: p.into(), role: role.into(), ..Default::default() }
@@ -281,29 +274,6 @@ mod tests {
             policy_ref: format!("pending approval: {msg}"),
             approval: a.encode_to_vec(),
             ..Default::default()
-        }
-    }
-
-    fn cmd(e: ConfigEntry, secs: i64) -> Command {
-        Command {
-            origin: None,
-            proposed_at: Some(Timestamp { seconds: secs, nanos: 0 }),
-            op: Some(command::Op::AppendEntry(e)),
-            member: None,
-        }
-    }
-
-    fn seq(r: &ApplyResult) -> u64 {
-        match &r.result {
-            Some(apply_result::Result::Appended(a)) => a.sequence,
-            other => panic!("expected appended, got {other:?}"),
-        }
-    }
-
-    fn why(r: &ApplyResult) -> String {
-        match &r.result {
-            Some(apply_result::Result::Rejected(m)) => m.clone(),
-            other => panic!("expected a rejection, got {other:?}"),
         }
     }
 

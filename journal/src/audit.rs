@@ -58,35 +58,49 @@ impl Default for Limiter {
     }
 }
 
-/// The entry recording one refusal, or None when the bucket is empty. `caller` None: the
+/// What a record says of the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Refused (by its token, its role or the policy): `denied: ...`.
+    Denied,
+    /// Allowed on the built-in roles alone while the policy engine did not answer:
+    /// `degraded: ...`.
+    Degraded,
+}
+
+/// The verified caller as an entry's author.
+pub fn identity_of(c: &Caller) -> Identity {
+    let principal_type = match c.principal_type.to_ascii_lowercase().as_str() {
+        "agent" => PrincipalType::Agent,
+        "service" => PrincipalType::Service,
+        _ => PrincipalType::Human,
+    };
+    Identity { principal: c.principal.clone(), principal_type: principal_type as i32, role: c.role.clone() }
+}
+
+/// The journal itself as an entry's author (records of unauthenticated requests, expiries).
+pub fn journal_identity(journal_id: u64) -> Identity {
+    Identity {
+        principal: format!("journal-{journal_id}"),
+        principal_type: PrincipalType::Service as i32,
+        role: "pact-journal".into(),
+    }
+}
+
+/// The entry recording one decision, or None when the bucket is empty. `caller` None: the
 /// request was refused before a caller was known; the journal itself is then the author.
-pub fn denial(
+pub fn record(
     limits: &Limiter,
     journal_id: u64,
     caller: Option<&Caller>,
     method: &str,
-    scope: Option<Scope>,
+    kind: Kind,
     why: &str,
 ) -> Option<ConfigEntry> {
     let now = Instant::now();
     let bucket = if caller.is_some() { &limits.unauthorised } else { &limits.unauthenticated };
     let earlier = bucket.borrow_mut().take(now)?;
-    let author = match caller {
-        Some(c) => Identity {
-            principal: c.principal.clone(),
-            principal_type: match c.principal_type.as_str() {
-                "agent" => PrincipalType::Agent,
-                "service" => PrincipalType::Service,
-                _ => PrincipalType::Human,
-            } as i32,
-            role: c.role.clone(),
-        },
-        None => Identity {
-            principal: format!("journal-{journal_id}"),
-            principal_type: PrincipalType::Service as i32,
-            role: "pact-journal".into(),
-        },
-    };
+    let author = caller.map_or_else(|| journal_identity(journal_id), identity_of);
     let mut detail: String = why.chars().filter(|c| !c.is_control()).take(MAX_DETAIL).collect();
     if caller.is_none() {
         detail = format!("unauthenticated: {detail}");
@@ -94,11 +108,15 @@ pub fn denial(
     if earlier > 0 {
         detail.push_str(&format!(" (and {earlier} more refused since the last record)"));
     }
+    let prefix = match kind {
+        Kind::Denied => "denied",
+        Kind::Degraded => "degraded",
+    };
     Some(ConfigEntry {
         entry_type: EntryType::AdminOperation as i32,
-        scope: Some(scope.unwrap_or(Scope { target: Some(ScopeTarget::Global(true)) })),
+        scope: Some(Scope { target: Some(ScopeTarget::Global(true)) }),
         author: Some(author),
-        policy_ref: format!("denied: {method}: {detail}"),
+        policy_ref: format!("{prefix}: {method}: {detail}"),
         ..Default::default()
     })
 }
@@ -126,11 +144,11 @@ mod tests {
     fn records_name_the_caller_or_the_journal() {
         let l = Limiter::default();
         let c = Caller { principal: "bob".into(), role: "pact-viewer-ml".into(), principal_type: "human".into() };
-        let e = denial(&l, 1, Some(&c), "AppendEntry", None, "pact-viewer-ml may not write vc:ml").unwrap();
+        let e = record(&l, 1, Some(&c), "AppendEntry", Kind::Denied, "pact-viewer-ml may not write vc:ml").unwrap();
         assert_eq!(e.author.as_ref().unwrap().principal, "bob");
         assert_eq!(e.policy_ref, "denied: AppendEntry: pact-viewer-ml may not write vc:ml");
         crate::state::validate_entry(&e).unwrap();
-        let e = denial(&l, 3, None, "ListEntries", None, "token rejected:\nexpired").unwrap();
+        let e = record(&l, 3, None, "ListEntries", Kind::Denied, "token rejected:\nexpired").unwrap();
         assert_eq!(e.author.as_ref().unwrap().principal, "journal-3");
         assert_eq!(e.policy_ref, "denied: ListEntries: unauthenticated: token rejected:expired");
         crate::state::validate_entry(&e).unwrap();

@@ -385,11 +385,7 @@ impl Driver {
             .take(256)
             .map(|(id, a)| (*id, a.clone()))
             .collect();
-        let journal = pact_proto::config::Identity {
-            principal: format!("journal-{}", self.shared.node_id),
-            principal_type: pact_proto::config::PrincipalType::Service as i32,
-            role: "pact-journal".into(),
-        };
+        let journal = crate::audit::journal_identity(self.shared.node_id);
         for (id, a) in due {
             let entry = crate::approval::decision_entry(
                 &a,

@@ -1,12 +1,13 @@
 //! The config/log service: one function per method. Every request is authenticated first;
 //! reads are served from this replica's store, writes go through raft.
 
+use crate::audit::{self, identity_of};
 use crate::authz;
 use crate::shard::ShardRef;
 use crate::shared::Shared;
 use crate::state;
 use pact_proto::auth::{AuthError, Caller};
-use pact_proto::config::{scope::Target, ConfigEntry, Identity, PolicySpec, PrincipalType, Scope};
+use pact_proto::config::{scope::Target, ConfigEntry, PolicySpec, Scope};
 use pact_proto::journal::{
     apply_result, command, AppendEntryRequest, ChangeMembershipRequest, GetEntryRequest, GetNodeStateRequest,
     GetOverlayRequest, JournalStatus, ListEntriesRequest, Member, MemberStatus, MembershipAction, SetNodeStateRequest,
@@ -55,16 +56,18 @@ pub async fn authenticate(shard: &ShardRef, token: &str, method: Method) -> Resu
 
 /// Puts a refused request on the record (bounded: see `audit`), without delaying the answer.
 pub fn record_denial(shard: &ShardRef, caller: Option<&Caller>, method: Method, why: &str) {
-    let Some(entry) = crate::audit::denial(&shard.audit, shard.shared.node_id, caller, method.name(), None, why) else {
-        Shared::inc(&shard.shared.denials_unrecorded_total);
-        return;
-    };
-    Shared::inc(&shard.shared.denials_recorded_total);
-    propose_record(shard, entry);
+    record(shard, caller, method, audit::Kind::Denied, why);
 }
 
 /// Appends an audit record in the background: the answer to the request does not wait.
-fn propose_record(shard: &ShardRef, entry: ConfigEntry) {
+fn record(shard: &ShardRef, caller: Option<&Caller>, method: Method, kind: audit::Kind, why: &str) {
+    let Some(entry) = audit::record(&shard.audit, shard.shared.node_id, caller, method.name(), kind, why) else {
+        Shared::inc(&shard.shared.denials_unrecorded_total);
+        return;
+    };
+    if kind == audit::Kind::Denied {
+        Shared::inc(&shard.shared.denials_recorded_total);
+    }
     let s = shard.clone();
     glommio::spawn_local(async move {
         if let Err(e) = s.propose(command::Op::AppendEntry(entry)).await {
@@ -72,19 +75,6 @@ fn propose_record(shard: &ShardRef, entry: ConfigEntry) {
         }
     })
     .detach();
-}
-
-/// Puts a decision taken without the policy engine on the record (`degraded:`), within the
-/// same bound as refusals.
-fn record_degraded(shard: &ShardRef, caller: &Caller, method: Method, why: &str) {
-    let Some(mut entry) =
-        crate::audit::denial(&shard.audit, shard.shared.node_id, Some(caller), method.name(), None, why)
-    else {
-        Shared::inc(&shard.shared.denials_unrecorded_total);
-        return;
-    };
-    entry.policy_ref = entry.policy_ref.replacen("denied: ", "degraded: ", 1);
-    propose_record(shard, entry);
 }
 
 /// What a policy engine must be asked about, so that without one it is refused: deciding an
@@ -243,7 +233,8 @@ async fn evaluate(
                 "{} allowed on the built-in role rules alone; policy engine unavailable ({why})",
                 input.action()
             );
-            record_degraded(shard, caller, method, &line);
+            // On the record (`degraded:`), within the same bound as refusals.
+            record(shard, Some(caller), method, audit::Kind::Degraded, &line);
             let now = std::time::Instant::now();
             if shard.policy_warned.get().is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(10)) {
                 shard.policy_warned.set(Some(now));
@@ -296,9 +287,46 @@ fn allow(shard: &ShardRef, caller: &Caller, need: authz::Need, scope: Option<&Sc
     authz::check(caller, need, &scope_target(shard, scope)?).map_err(denied)
 }
 
+/// A listing filtered to `scope` (None: everything, narrowed later to what the caller may
+/// read): the role check on the scope, then the policy engine.
+async fn check_scope_read(
+    shard: &ShardRef,
+    caller: &Caller,
+    method: Method,
+    scope: Option<&Scope>,
+) -> Result<(), RemoteError> {
+    let target = scope.map(|s| scope_target(shard, Some(s))).transpose()?;
+    if let Some(t) = &target {
+        authz::check(caller, authz::Need::Read, t).map_err(denied)?;
+    }
+    consult(shard, caller, method, authz::Need::Read, None, target.as_ref()).await
+}
+
 /// Whether `caller` may see entry `e` (reads of lists are filtered by this).
-fn may_read(shard: &ShardRef, caller: &Caller, e: &ConfigEntry) -> bool {
-    authz::role(caller) == authz::Role::Admin || allow(shard, caller, authz::Need::Read, e.scope.as_ref()).is_ok()
+/// One node's assignment is read once per listing, from the listing's own transaction.
+fn may_read(
+    shard: &ShardRef,
+    txn: &heed::RoTxn,
+    assigned: &std::cell::RefCell<std::collections::HashMap<String, Option<String>>>,
+    caller: &Caller,
+    e: &ConfigEntry,
+) -> bool {
+    let target = match e.scope.as_ref().and_then(|s| s.target.as_ref()) {
+        Some(Target::NodeId(n)) => {
+            let vcluster = assigned
+                .borrow_mut()
+                .entry(n.clone())
+                .or_insert_with(|| {
+                    let rec = shard.store.get_node_record(txn, n).ok().flatten();
+                    rec.map(|r| r.assigned_vcluster).filter(|v| !v.is_empty())
+                })
+                .clone();
+            authz::Target::Node { node: n, vcluster }
+        }
+        Some(Target::VclusterId(v)) => authz::Target::VCluster(v),
+        Some(Target::Global(_)) | None => authz::Target::Global,
+    };
+    authz::check(caller, authz::Need::Read, &target).is_ok()
 }
 
 async fn verify_token(shard: &ShardRef, token: &str) -> Result<Caller, RemoteError> {
@@ -320,15 +348,6 @@ async fn verify_token(shard: &ShardRef, token: &str) -> Result<Caller, RemoteErr
         }
         r => r.map_err(unauthenticated),
     }
-}
-
-fn identity_of(c: &Caller) -> Identity {
-    let principal_type = match c.principal_type.to_ascii_lowercase().as_str() {
-        "agent" => PrincipalType::Agent,
-        "service" => PrincipalType::Service,
-        _ => PrincipalType::Human,
-    };
-    Identity { principal: c.principal.clone(), principal_type: principal_type as i32, role: c.role.clone() }
 }
 
 fn is_read(m: Method) -> bool {
@@ -450,17 +469,15 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
                 n => n.min(MAX_LIST_LIMIT),
             } as usize;
             let scope = r.scope.as_ref().filter(|s| s.target.is_some());
-            if scope.is_some() {
-                allow(shard, caller, authz::Need::Read, scope)?;
-            }
-            let target = scope.map(|s| scope_target(shard, Some(s))).transpose()?;
-            consult(shard, caller, method, authz::Need::Read, None, target.as_ref()).await?;
+            check_scope_read(shard, caller, method, scope).await?;
             let txn = shard.store.read_txn().map_err(internal)?;
             // Without a scope, a caller who may not read everything sees what it may read.
+            let everything = scope.is_some() || authz::role(caller) == authz::Role::Admin;
+            let assigned = Default::default();
             let keep = |e: &ConfigEntry| {
                 (r.entry_types.is_empty() || r.entry_types.contains(&e.entry_type))
                     && (r.author.is_empty() || e.author.as_ref().is_some_and(|a| a.principal == r.author))
-                    && (scope.is_some() || may_read(shard, caller, e))
+                    && (everything || may_read(shard, &txn, &assigned, caller, e))
             };
             let entries = shard
                 .store
@@ -570,11 +587,7 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
         Method::ListPendingApprovals => {
             let r: ListApprovalsRequest = decode(method, body)?;
             let scope = r.scope_filter.as_ref().filter(|s| s.target.is_some());
-            if scope.is_some() {
-                allow(shard, caller, authz::Need::Read, scope)?;
-            }
-            let target = scope.map(|s| scope_target(shard, Some(s))).transpose()?;
-            consult(shard, caller, method, authz::Need::Read, None, target.as_ref()).await?;
+            check_scope_read(shard, caller, method, scope).await?;
             let txn = shard.store.read_txn().map_err(internal)?;
             let all = shard.store.list_approvals(&txn, r.include_decided, MAX_LIST_LIMIT as usize).map_err(internal)?;
             let mut out = ListApprovalsResponse::default();

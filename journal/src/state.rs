@@ -338,7 +338,7 @@ fn apply_command<T: StateTxn>(t: &mut T, cmd: &Command) -> Result<ApplyResult> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::Store;
     use pact_proto::config::{scope::Target, Identity, Scope};
@@ -356,7 +356,7 @@ mod tests {
         }
     }
 
-    fn cmd(e: ConfigEntry, secs: i64) -> Command {
+    pub(crate) fn cmd(e: ConfigEntry, secs: i64) -> Command {
         Command {
             origin: None,
             proposed_at: Some(Timestamp { seconds: secs, nanos: 0 }),
@@ -365,14 +365,14 @@ mod tests {
         }
     }
 
-    fn appended(r: &ApplyResult) -> u64 {
+    pub(crate) fn appended(r: &ApplyResult) -> u64 {
         match &r.result {
             Some(apply_result::Result::Appended(a)) => a.sequence,
             other => panic!("expected appended, got {other:?}"),
         }
     }
 
-    fn reject_reason(r: &ApplyResult) -> String {
+    pub(crate) fn reject_reason(r: &ApplyResult) -> String {
         match &r.result {
             Some(apply_result::Result::Rejected(s)) => s.clone(),
             other => panic!("expected rejection, got {other:?}"),

@@ -175,7 +175,7 @@ pub fn post_form(
     let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded".to_string())];
     if let Some((id, secret)) = basic_auth {
         let pair = format!("{}:{}", url_encode(id), url_encode(secret));
-        headers.push(("Authorization", format!("Basic {}", base64(pair.as_bytes(), STANDARD, true))));
+        headers.push(("Authorization", format!("Basic {}", base64(pair.as_bytes()))));
     }
     request(url, tls, "POST", &headers, body.as_bytes(), timeout)
 }
@@ -423,49 +423,21 @@ pub fn url_encode(s: &str) -> String {
     out
 }
 
-const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+use jwt_simple::reexports::ct_codecs::{Base64, Base64UrlSafeNoPadding, Decoder, Encoder};
 
-fn base64(data: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (k, b)| acc | (u32::from(*b) << (16 - 8 * k)));
-        for k in 0..=chunk.len() {
-            out.push(alphabet[((n >> (18 - 6 * k)) & 63) as usize] as char);
-        }
-        if pad {
-            for _ in chunk.len()..3 {
-                out.push('=');
-            }
-        }
-    }
-    out
+/// Standard base64 with padding (HTTP Basic authentication).
+fn base64(data: &[u8]) -> String {
+    Base64::encode_to_string(data).unwrap_or_default()
 }
 
 /// Base64url without padding (RFC 4648 §5): PKCE verifiers and challenges, JWT parts.
 pub fn base64url(data: &[u8]) -> String {
-    base64(data, URL_SAFE, false)
+    Base64UrlSafeNoPadding::encode_to_string(data).unwrap_or_default()
 }
 
 /// Decodes base64url, with or without padding (a JWT's parts); None for anything else.
 pub fn base64url_decode(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=');
-    if text.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes() {
-        let v = URL_SAFE.iter().position(|a| *a == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    Base64UrlSafeNoPadding::decode_to_vec(text.trim_end_matches('='), None).ok()
 }
 
 #[cfg(test)]
@@ -551,13 +523,13 @@ mod tests {
             ("fooba", "Zm9vYmE=", "Zm9vYmE"),
             ("foobar", "Zm9vYmFy", "Zm9vYmFy"),
         ] {
-            assert_eq!(base64(raw.as_bytes(), STANDARD, true), padded);
+            assert_eq!(base64(raw.as_bytes()), padded);
             assert_eq!(base64url(raw.as_bytes()), url);
             assert_eq!(base64url_decode(url).unwrap(), raw.as_bytes());
             assert_eq!(base64url_decode(padded).unwrap(), raw.as_bytes());
         }
         assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
-        assert_eq!(base64(&[0xfb, 0xff], STANDARD, true), "+/8=");
+        assert_eq!(base64(&[0xfb, 0xff]), "+/8=");
         assert_eq!(base64url_decode("-_8").unwrap(), [0xfb, 0xff]);
         for bad in ["a", "ab+c", "ab/c", "a b", "Zm9vY"] {
             assert!(base64url_decode(bad).is_none(), "{bad}");

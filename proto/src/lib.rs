@@ -31,6 +31,18 @@ pub fn sha256_hex(b: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, b).as_ref())
 }
 
+/// A two-person approval's status as the journal and the CLI write it.
+pub fn approval_status_text(s: i32) -> &'static str {
+    use policy::ApprovalStatus;
+    match ApprovalStatus::try_from(s) {
+        Ok(ApprovalStatus::Pending) => "pending",
+        Ok(ApprovalStatus::Approved) => "approved",
+        Ok(ApprovalStatus::Rejected) => "rejected",
+        Ok(ApprovalStatus::Expired) => "expired",
+        _ => "unknown",
+    }
+}
+
 /// `sha256:<hex>`: the form `FileSpec.content_hash` and `FileDelta.content_hash` take.
 pub fn content_hash(b: &[u8]) -> String {
     format!("sha256:{}", sha256_hex(b))
