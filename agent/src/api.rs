@@ -112,7 +112,8 @@ impl Default for Limits {
 }
 
 /// What stands behind a certificate that is not there yet.
-const ENROLLMENT_NOTE: &str = "certificate enrollment arrives with the security-plane issue";
+const ENROLLMENT_NOTE: &str =
+    "an agent with a token serves 9445 with the configured certificate; without a token it enrolls for one";
 
 /// The server's TLS configuration from the node's certificate (`[agent.journal] tls_cert` and
 /// `tls_key`). The error is the console line's reason when the server cannot start.
@@ -963,7 +964,7 @@ mod tests {
     fn no_certificate_no_server() {
         let mut cfg = AgentConfig::default();
         let e = tls_config(&cfg).unwrap_err();
-        assert!(e.contains("tls_cert and tls_key are not configured") && e.contains("enrollment"), "{e}");
+        assert!(e.contains("tls_cert and tls_key are not configured") && e.contains("enrolls"), "{e}");
         cfg.journal.tls_cert = Some("/nonexistent/agent.crt".into());
         cfg.journal.tls_key = Some("/nonexistent/agent.key".into());
         let e = tls_config(&cfg).unwrap_err();

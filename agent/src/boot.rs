@@ -70,21 +70,56 @@ impl<W: Wake> Link<W> {
     }
 }
 
-pub fn journal_config(cfg: &AgentConfig) -> Result<journal_client::Config, String> {
-    let tls = match (&cfg.journal.tls_cert, &cfg.journal.tls_key) {
-        (Some(c), Some(k)) if c.exists() && k.exists() => {
-            pact_proto::tls::mtls_client_config(c, k, &cfg.journal.tls_ca)
-        }
-        _ => pact_proto::tls::client_config(&cfg.journal.tls_ca),
+/// The agent's bearer token, when it has one (`PACT_AGENT_TOKEN`, else `token_path`).
+pub fn agent_token(cfg: &AgentConfig) -> Option<String> {
+    std::env::var("PACT_AGENT_TOKEN").ok().filter(|t| !t.is_empty()).or_else(|| {
+        std::fs::read_to_string(&cfg.journal.token_path).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty())
+    })
+}
+
+/// The certificate files an agent without a token enrolls into (`tls_cert`/`tls_key`, else
+/// `<run_dir>/agent.crt` and `agent.key`), with the enroller that keeps them current; None
+/// when the agent has a token.
+pub fn enroller(
+    cfg: &AgentConfig,
+    log: std::sync::Arc<dyn Fn(&str) + Send + Sync>,
+) -> Option<std::sync::Arc<crate::enroll::Enroller>> {
+    if agent_token(cfg).is_some() {
+        return None;
     }
-    .map_err(|e| format!("journal TLS: {e}"))?;
-    let token = std::env::var("PACT_AGENT_TOKEN").ok().filter(|t| !t.is_empty()).map(Ok).unwrap_or_else(|| {
-        std::fs::read_to_string(&cfg.journal.token_path)
-            .map(|t| t.trim().to_string())
-            .map_err(|e| format!("agent token {}: {e} (set PACT_AGENT_TOKEN)", cfg.journal.token_path.display()))
-    })?;
+    let cert = cfg.journal.tls_cert.clone().unwrap_or_else(|| cfg.run_dir.join("agent.crt"));
+    let key = cfg.journal.tls_key.clone().unwrap_or_else(|| cfg.run_dir.join("agent.key"));
+    Some(std::sync::Arc::new(crate::enroll::Enroller::new(
+        cert,
+        key,
+        cfg.journal.tls_ca.clone(),
+        cfg.journal.endpoints.clone(),
+        &cfg.node_id,
+        log,
+    )))
+}
+
+/// How the journal client authenticates: the token when there is one, else `enroller`'s
+/// certificate. With a token no client certificate is offered: the token decides, and the
+/// node's `tls_cert` (its API's certificate) may come from a CA the journal does not know,
+/// which would fail the handshake.
+pub fn journal_config(
+    cfg: &AgentConfig,
+    enroller: Option<std::sync::Arc<crate::enroll::Enroller>>,
+) -> Result<journal_client::Config, String> {
+    let tls = pact_proto::tls::client_config(&cfg.journal.tls_ca).map_err(|e| format!("journal TLS: {e}"))?;
+    let token = match &enroller {
+        Some(_) => String::new(),
+        None => agent_token(cfg).ok_or_else(|| {
+            format!(
+                "no agent token ({} is missing or empty, PACT_AGENT_TOKEN unset) and no certificate enrollment",
+                cfg.journal.token_path.display()
+            )
+        })?,
+    };
     let mut c = journal_client::Config::new(cfg.journal.endpoints.clone(), tls, &token, &cfg.node_id, &cfg.vcluster);
     c.backoff_max = Duration::from_secs(60);
+    c.enroller = enroller;
     Ok(c)
 }
 
@@ -172,8 +207,14 @@ fn report<W: Wake>(link: &Link<W>, results: &[ItemResult]) {
 /// configuration makes talking to a journal impossible (the error says why).
 /// `hostname`: what to set the node's hostname to (None: leave it, as an agent that is not
 /// PID 1 does: the operating system around it owns the name).
-pub fn run<W: Wake>(cfg: AgentConfig, hostname: Option<String>, target: apply::Target, link: Link<W>) -> String {
-    let jcfg = match journal_config(&cfg) {
+pub fn run<W: Wake>(
+    cfg: AgentConfig,
+    enroller: Option<std::sync::Arc<crate::enroll::Enroller>>,
+    hostname: Option<String>,
+    target: apply::Target,
+    link: Link<W>,
+) -> String {
+    let jcfg = match journal_config(&cfg, enroller) {
         Ok(c) => c,
         Err(e) => return e,
     };

@@ -20,6 +20,8 @@ pub mod boot;
 pub mod capability;
 pub mod config;
 pub mod early;
+pub mod enroll;
+pub mod identity;
 pub mod init;
 pub mod journal_client;
 pub mod supervisor;

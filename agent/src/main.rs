@@ -331,7 +331,20 @@ fn run(
     let manifest = cfg.capability_manifest.clone();
     let run_dir = cfg.run_dir.clone();
     let api_shared = api::Shared::new();
-    start_api(&cfg, &api_shared, boot::Link { tx: tx.clone(), waker: EventWaker(wake_fd.clone()) });
+    // Without a token the agent identifies itself by an enrolled certificate (`enroll`).
+    let enroller = boot::enroller(&cfg, Arc::new(|l: &str| say(l)));
+    if let Some(e) = &enroller {
+        say(&format!(
+            "PACT: identity: certificate {} (enrolled with the journals when missing, renewed at 2/3 of its life)",
+            e.cert.display()
+        ));
+        let e = e.clone();
+        std::thread::Builder::new()
+            .name("renew".into())
+            .spawn(move || e.renewal_loop())
+            .map_err(|e| format!("renewal thread: {e}"))?;
+    }
+    start_api(&cfg, enroller.clone(), &api_shared, boot::Link { tx: tx.clone(), waker: EventWaker(wake_fd.clone()) });
     let mut controls = api::Controls::new(sup.backend(), stop_grace);
     let mut power_answered: Option<std::sync::mpsc::Receiver<()>> = None;
     let link = boot::Link { tx, waker: EventWaker(wake_fd.clone()) };
@@ -339,7 +352,7 @@ fn run(
     std::thread::Builder::new()
         .name("journal".into())
         .spawn(move || {
-            let why = boot::run(cfg, hostname, target, link);
+            let why = boot::run(cfg, enroller, hostname, target, link);
             say(&format!("PACT: journal thread stopped: {why}"));
         })
         .map_err(|e| format!("journal thread: {e}"))?;
@@ -523,18 +536,47 @@ fn state_name(s: &supervisor::ServiceState) -> &'static str {
 }
 
 /// Starts the API server on `[agent.shell] listen`, or says on the console why it does not run.
-fn start_api(cfg: &AgentConfig, shared: &Arc<api::Shared>, link: boot::Link<EventWaker>) {
+/// With an enroller, the server starts once the node holds a certificate (on a thread of its
+/// own, so the boot does not wait) and presents whatever certificate is current.
+fn start_api(
+    cfg: &AgentConfig,
+    enroller: Option<Arc<pact_agent::enroll::Enroller>>,
+    shared: &Arc<api::Shared>,
+    link: boot::Link<EventWaker>,
+) {
     if !cfg.shell_enabled {
         say("PACT: api: not started: [agent.shell] enabled = false");
         return;
     }
-    let tls = match api::tls_config(cfg) {
-        Ok(t) => t,
-        Err(why) => {
-            say(&format!("PACT: api: not started on {}: {why}", cfg.shell_listen));
-            return;
+    if let Some(e) = enroller {
+        let (cfg, shared) = (cfg.clone(), shared.clone());
+        let spawned = std::thread::Builder::new().name("api-start".into()).spawn(move || {
+            let tls = e.ensure(false).and_then(|()| {
+                let cert = pact_agent::enroll::ReloadingCert::new(e.cert.clone(), e.key.clone())?;
+                Arc::new(cert).server_config()
+            });
+            match tls {
+                Ok(tls) => serve_api(&cfg, tls, &shared, link),
+                Err(why) => say(&format!("PACT: api: not started on {}: {why}", cfg.shell_listen)),
+            }
+        });
+        if let Err(e) = spawned {
+            say(&format!("PACT: api: not started: {e}"));
         }
-    };
+        return;
+    }
+    match api::tls_config(cfg) {
+        Ok(tls) => serve_api(cfg, tls, shared, link),
+        Err(why) => say(&format!("PACT: api: not started on {}: {why}", cfg.shell_listen)),
+    }
+}
+
+fn serve_api(
+    cfg: &AgentConfig,
+    tls: Arc<rustls::ServerConfig>,
+    shared: &Arc<api::Shared>,
+    link: boot::Link<EventWaker>,
+) {
     let auth = api::Auth::from_config(cfg.shell_auth.as_ref());
     let described = auth.describe();
     let prefetch = auth.clone();

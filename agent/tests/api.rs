@@ -286,7 +286,7 @@ fn without_shell_auth_every_request_is_refused_and_without_a_certificate_there_i
     // No node certificate: the server does not start, and the console says why.
     let (mut agent, api_port) = start_agent(&dir, &journal, Setup { certificate: false, auth: test_auth() });
     let why = agent.console.wait_for("PACT: api: not started", Duration::from_secs(30));
-    assert!(why.contains("tls_cert and tls_key are not configured") && why.contains("enrollment"), "{why}");
+    assert!(why.contains("tls_cert and tls_key are not configured") && why.contains("enrolls"), "{why}");
     agent.console.wait_for("PACT-READY", Duration::from_secs(60));
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", api_port)).is_err(),

@@ -9,8 +9,11 @@
 //!    host's 127.0.0.1 as 10.0.2.2 (QEMU user networking), under the host's own hostname (the name
 //!    the journal's development certificate carries), through the image's /etc/hosts.
 //! 3. `images/node/run-qemu.sh` boots it (KVM only when the CPU offers it, else TCG) with
-//!    `pact.test_check=...` and a host port forwarded to the node's API server (9445). The node
-//!    carries a certificate for `node-001` signed by a CA the test makes, and an
+//!    `pact.test_check=...` and a host port forwarded to the node's API server (9445). The
+//!    initramfs node carries no token and no certificate: the test registers its MAC with
+//!    `pact enroll node-001 --hardware-id mac:...`, and the node enrolls at boot (its API then
+//!    serves the certificate the journal signed). The SquashFS node carries a token and a
+//!    certificate for `node-001` signed by a CA the test makes. Both have an
 //!    `[agent.shell.auth]` with an HMAC secret the test mints a `pact-ops-test` token from. The
 //!    test reads the serial console and checks each effect from the agent's tagged lines (matched
 //!    by tag, not by line start: SeaBIOS writes escape sequences), most of all the `PACT-CHECK`
@@ -169,9 +172,14 @@ fn node_certificate(dir: &Path, input: &Path) -> Api {
     Api { ca: path }
 }
 
+/// The MAC QEMU gives the node's first network interface (run-qemu.sh sets none).
+const QEMU_MAC: &str = "52:54:00:12:34:56";
+
 /// A journal holding the test overlay, the image input dir pointing the node at it, and how to
-/// reach the node's API.
-fn journal_with_overlay(dir: &Path) -> (Journal, PathBuf, Api) {
+/// reach the node's API. `enroll`: the image carries no token and no certificate; the node is
+/// registered by its MAC (`pact enroll`) and enrolls at boot, and its API then serves the
+/// certificate the journal signed.
+fn journal_with_overlay(dir: &Path, enroll: bool) -> (Journal, PathBuf, Api) {
     let host = hostname();
     assert!(
         !host.is_empty() && host != "localhost" && host.parse::<std::net::IpAddr>().is_err(),
@@ -197,9 +205,15 @@ fn journal_with_overlay(dir: &Path) -> (Journal, PathBuf, Api) {
         ),
     )
     .unwrap();
-    let api = node_certificate(dir, &input);
     std::fs::copy(journal.dev("ca.crt"), input.join("ca.crt")).unwrap();
-    std::fs::copy(journal.dev("admin.token"), input.join("agent.token")).unwrap();
+    let api = if enroll {
+        let hw = format!("mac:{QEMU_MAC}");
+        println!("{}", journal.pact(&["enroll", NODE, "--hardware-id", hw.as_str()]).trim());
+        Api { ca: journal.dev("ca.crt") }
+    } else {
+        std::fs::copy(journal.dev("admin.token"), input.join("agent.token")).unwrap();
+        node_certificate(dir, &input)
+    };
     std::fs::write(input.join("hosts"), format!("10.0.2.2\t{host}\n")).unwrap();
     (journal, input, api)
 }
@@ -578,13 +592,13 @@ cgroup:a:memory.max,cgroup:a:pids.max,cgroup:a:cpu.weight,stat:/etc/motd";
 const SOFTDOG_SECS: u32 = 3;
 const WATCHDOG_HOLD: Duration = Duration::from_secs(8);
 
-fn node_test(name: &str, squashfs: bool, softdog: Option<u32>) {
+fn node_test(name: &str, squashfs: bool, softdog: Option<u32>, enroll: bool) {
     let p = match prereqs() {
         Ok(p) => p,
         Err(reason) => return unavailable(&reason),
     };
     let dir = TempDir::new(&format!("qemu-{name}"));
-    let (journal, input, api) = journal_with_overlay(&dir);
+    let (journal, input, api) = journal_with_overlay(&dir, enroll);
     let image = dir.join("image");
     build_image(&p, &input, &image, squashfs, softdog);
     let log = dir.join("console.log");
@@ -597,15 +611,24 @@ fn node_test(name: &str, squashfs: bool, softdog: Option<u32>) {
         log.display()
     );
     check_node(&b, &log, softdog);
+    if enroll {
+        let line = b.lines.iter().find(|l| l.contains("PACT: enrolled as"));
+        let line = line.unwrap_or_else(|| panic!("the node did not enroll\n{}", console_tail(&b.lines, &log)));
+        assert!(line.contains(&format!("enrolled as {NODE}")), "{line}");
+        println!("{}", strip_kernel_message(line));
+        let inspect = journal.pact(&["node", "inspect", NODE]);
+        assert!(inspect.to_lowercase().contains("active"), "pact node inspect:\n{inspect}");
+        println!("{}", inspect.trim());
+    }
     drop(journal);
 }
 
 #[test]
 fn node_boots_from_initramfs_and_applies_its_overlay() {
-    node_test("initramfs", false, Some(SOFTDOG_SECS));
+    node_test("initramfs", false, Some(SOFTDOG_SECS), true);
 }
 
 #[test]
 fn node_boots_with_squashfs_root_and_applies_its_overlay() {
-    node_test("squashfs", true, None);
+    node_test("squashfs", true, None, false);
 }

@@ -363,29 +363,7 @@ pub fn services_text(entries: &[ServiceStatusEntry]) -> String {
             ]
         })
         .collect();
-    let header = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS"].map(String::from);
-    let mut width = [0usize; 4];
-    for r in std::iter::once(&header).chain(&rows) {
-        for (w, cell) in width.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in std::iter::once(&header).chain(&rows) {
-        out.push_str(&format!(
-            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}\n",
-            r[0],
-            r[1],
-            r[2],
-            r[3],
-            r[4],
-            w0 = width[0],
-            w1 = width[1],
-            w2 = width[2],
-            w3 = width[3]
-        ));
-    }
-    out
+    crate::output::table5(["NAME", "STATE", "PID", "UPTIME", "RESTARTS"], &rows)
 }
 
 /// `pact service ...`: one ServiceControl call, its answer as a table or JSON.

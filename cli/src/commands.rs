@@ -35,6 +35,17 @@ COMMANDS:
   node move NODE --to-vcluster NAME
                               move a node to another vCluster
   node unassign NODE          take a node out of its vCluster
+  enroll NODE --hardware-id HW
+                              register a node by its hardware identity (MAC, UUID, serial, TPM)
+  node enroll NODE --mac MAC [--bmc-serial S]
+                              register a node by its boot MAC (and BMC serial)
+  node enroll --batch FILE.csv
+                              register many nodes (node_id,mac[,bmc_serial[,hardware_id...]])
+  node list [--state S] [--vcluster NAME] [--unassigned]
+                              the nodes the journal knows, with state, vCluster, MAC, last seen
+  node inspect NODE           one node's enrollment: identity, certificates, history
+  node decommission NODE [--force]
+                              revoke a node's certificate; it may not enroll again
   watch [--vcluster NAME] [--node NODE] [--from SEQ] [--count N]
                               follow config updates as they are committed
   journal status              every journal: role, term, commit/applied index, lag
@@ -152,9 +163,23 @@ const VALUE_OPTS: &[(&str, Option<char>)] = &[
     ("client-id", None),
     ("callback-port", None),
     ("timeout", None),
+    ("hardware-id", None),
+    ("mac", None),
+    ("bmc-serial", None),
+    ("batch", None),
+    ("state", None),
 ];
-const FLAG_OPTS: &[&str] =
-    &["oldest-first", "dry-run", "linearizable", "device-code", "service-account", "no-browser", "all"];
+const FLAG_OPTS: &[&str] = &[
+    "oldest-first",
+    "dry-run",
+    "linearizable",
+    "device-code",
+    "service-account",
+    "no-browser",
+    "all",
+    "force",
+    "unassigned",
+];
 
 fn parse(args: Vec<OsString>) -> Result<Parsed, Failure> {
     let mut p = Parsed {
@@ -218,6 +243,26 @@ impl Parsed {
         self.opts.iter().rev().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 
+    /// Every value of an option that may be repeated, in order.
+    fn opts_all(&self, name: &str) -> Vec<&str> {
+        self.opts.iter().filter(|(n, _)| *n == name).map(|(_, v)| v.as_str()).collect()
+    }
+
+    /// `pact enroll` and `pact node enroll|list|inspect|decommission`: what they may be given.
+    fn enroll_opts(&self) -> crate::enroll_cmd::Opts<'_> {
+        crate::enroll_cmd::Opts {
+            hardware_ids: self.opts_all("hardware-id"),
+            mac: self.opt("mac"),
+            bmc_serial: self.opt("bmc-serial"),
+            batch: self.opt("batch"),
+            state: self.opt("state"),
+            // Only what was typed: a filter never falls back to the default vCluster.
+            vcluster_flag: self.globals.vcluster.as_deref(),
+            unassigned: self.flag("unassigned"),
+            force: self.flag("force"),
+        }
+    }
+
     fn flag(&self, name: &str) -> bool {
         self.flags.contains(&name)
     }
@@ -266,6 +311,7 @@ pub fn run(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<
         "journal" => crate::journal_cmd::HELP,
         "approve" => crate::approve_cmd::HELP,
         "node" => crate::node_cmd::HELP,
+        "enroll" => crate::enroll_cmd::HELP,
         "watch" => crate::watch_cmd::HELP,
         "service" => crate::agent_cmd::SERVICE_HELP,
         "reboot" => crate::agent_cmd::REBOOT_HELP,
@@ -308,6 +354,18 @@ pub fn run(args: Vec<OsString>, env: &dyn Fn(&str) -> Option<String>) -> Result<
             let opts =
                 crate::approve_cmd::Opts { all: p.flag("all"), scope: p.opt("scope"), message: p.opt("message") };
             crate::approve_cmd::run(&p.positionals, &opts, &s)
+        }
+        "enroll" => {
+            p.only("enroll", &["hardware-id", "mac", "bmc-serial"], &[], 1)?;
+            let plan = crate::enroll_cmd::plan_enroll(&p.positionals, &p.enroll_opts())?;
+            crate::enroll_cmd::execute(plan, &s)
+        }
+        "node" if p.positionals.first().is_some_and(|sub| crate::enroll_cmd::is_node_subcommand(sub)) => {
+            // plan_node counts the positionals itself, naming the subcommand.
+            let opts = &["hardware-id", "mac", "bmc-serial", "batch", "state"];
+            p.only("node", opts, &["force", "unassigned"], p.positionals.len())?;
+            let plan = crate::enroll_cmd::plan_node(&p.positionals, &p.enroll_opts())?;
+            crate::enroll_cmd::execute(plan, &s)
         }
         "node" => {
             p.only("node", &["to-vcluster"], &[], 2)?;
@@ -654,7 +712,8 @@ mod tests {
         let env = |_: &str| None;
         assert!(run(args(&["--version"]), &env).unwrap().starts_with("pact "));
         for c in [
-            "status", "log", "commit", "rollback", "apply", "node", "watch", "journal", "service", "reboot", "poweroff",
+            "status", "log", "commit", "rollback", "apply", "node", "watch", "journal", "service", "reboot",
+            "poweroff", "enroll",
         ] {
             assert!(run(args(&[c, "--help"]), &env).unwrap().contains("USAGE"));
         }
@@ -711,6 +770,66 @@ mod tests {
         assert!(USAGE.contains("node assign NODE --vcluster NAME") && USAGE.contains("watch ["));
         assert!(run(args(&["node", "--help"]), &isolated).unwrap().contains("pact node move NODE --to-vcluster NAME"));
         assert!(run(args(&["watch", "-h"]), &isolated).unwrap().contains("--count N"));
+    }
+
+    #[test]
+    fn enroll_command_lines() {
+        // Help needs no journal and names the commands.
+        for line in [
+            "enroll NODE --hardware-id HW",
+            "node enroll NODE --mac MAC [--bmc-serial S]",
+            "node enroll --batch FILE.csv",
+            "node list [--state S] [--vcluster NAME] [--unassigned]",
+            "node inspect NODE",
+            "node decommission NODE [--force]",
+        ] {
+            assert!(USAGE.contains(line), "{line:?} missing from USAGE");
+        }
+        assert!(run(args(&["enroll", "--help"]), &isolated).unwrap().starts_with("USAGE: pact enroll NODE"));
+        let h = run(args(&["node", "list", "--help"]), &isolated).unwrap();
+        assert!(h.contains("pact node enroll --batch FILE.csv") && h.contains("pact node decommission NODE"), "{h}");
+
+        // Repeated --hardware-id reaches the command in order.
+        let p =
+            parse(args(&["enroll", "n1", "--hardware-id", "serial:S", "--hardware-id", "aa:bb:cc:dd:ee:ff"])).unwrap();
+        assert_eq!(p.enroll_opts().hardware_ids, ["serial:S", "aa:bb:cc:dd:ee:ff"]);
+        let p = parse(args(&["node", "list", "--unassigned", "--state", "active"])).unwrap();
+        let o = p.enroll_opts();
+        assert!(o.unassigned && o.state == Some("active") && o.vcluster_flag.is_none());
+
+        // Usage errors, refused before anything connects (exit 1).
+        assert_eq!(refused(&["enroll"]), "`pact enroll` needs NODE, the node's id");
+        assert!(refused(&["enroll", "n1"]).starts_with("`pact enroll n1` needs at least one --hardware-id"));
+        assert!(
+            refused(&["enroll", "n1", "--hardware-id", "x"]).starts_with("--hardware-id \"x\" is not a hardware id")
+        );
+        assert_eq!(
+            refused(&["enroll", "n1", "--batch", "f"]),
+            "`pact enroll` takes no option --batch; see `pact enroll --help`"
+        );
+        assert!(refused(&["node", "enroll", "n1"]).starts_with("`pact node enroll n1` needs --mac MAC"));
+        assert!(refused(&["node", "enroll", "--batch", "f.csv", "n1"]).contains("takes no NODE"));
+        assert!(refused(&["node", "enroll", "--batch", "/nonexistent/f.csv"]).starts_with("/nonexistent/f.csv: "));
+        assert_eq!(refused(&["node", "inspect"]), "`pact node inspect` needs NODE, the node's id");
+        assert_eq!(
+            refused(&["node", "decommission", "n1", "n2"]),
+            "`pact node decommission`: unexpected argument \"n2\""
+        );
+        assert!(refused(&["node", "list", "--state", "x"]).starts_with("--state \"x\""));
+        assert_eq!(
+            refused(&["node", "list", "--mac", "x"]),
+            "`pact node list` takes no option --mac; see `pact node --help`"
+        );
+        // The new options belong to the new subcommands only.
+        assert_eq!(
+            refused(&["node", "assign", "n1", "--vcluster", "ml", "--force"]),
+            "`pact node` takes no option --force; see `pact node --help`"
+        );
+        assert_eq!(
+            refused(&["node", "inspect", "n1", "--to-vcluster", "ml"]),
+            "`pact node` takes no option --to-vcluster; see `pact node --help`"
+        );
+        assert_eq!(refused(&["log", "--state", "x"]), "`pact log` takes no option --state; see `pact log --help`");
     }
 
     #[test]

@@ -19,6 +19,7 @@
 mod agent_cmd;
 mod approve_cmd;
 mod commands;
+mod enroll_cmd;
 mod journal_cmd;
 mod login;
 mod node_cmd;

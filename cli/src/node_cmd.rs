@@ -1,6 +1,7 @@
 //! `pact node assign|unassign|move`: a node's vCluster membership, recorded as journal entries
 //! (NODE_ASSIGNED, NODE_UNASSIGNED, NODE_MOVED) on the node's scope. The journal checks them
 //! against the current assignment and refuses what does not fit (FailedPrecondition, exit 1).
+//! `pact node enroll|list|inspect|decommission` live in enroll_cmd.rs; this HELP covers both.
 
 use crate::settings::Settings;
 use crate::{spec, Failure};
@@ -10,6 +11,11 @@ pub const HELP: &str = "\
 USAGE: pact node assign NODE --vcluster NAME
        pact node unassign NODE
        pact node move NODE --to-vcluster NAME
+       pact node enroll NODE --mac MAC [--bmc-serial S] [--hardware-id HW ...]
+       pact node enroll --batch FILE.csv
+       pact node list [--state registered|active|inactive|revoked] [--vcluster NAME] [--unassigned]
+       pact node inspect NODE
+       pact node decommission NODE [--force]
 
 assign    puts an unassigned node into vCluster NAME. --vcluster must be given on the
           command line here: the default vCluster (PACT_VCLUSTER, cli.toml) is not used,
@@ -19,7 +25,23 @@ move      takes the node from its vCluster to NAME in one entry.
 
 A node belongs to at most one vCluster. The journal refuses to assign a node that is
 already assigned elsewhere (use move) and to move or unassign a node that is not
-assigned (exit 1). Names: letters, digits, '-' and '_', starting with a letter or digit.";
+assigned (exit 1). Names: letters, digits, '-' and '_', starting with a letter or digit.
+
+enroll        registers NODE by the MAC address of its boot interface (and its BMC
+              serial; --hardware-id adds more fields, see `pact enroll --help`) so that it
+              can obtain its certificate when it boots. Registering does not assign it.
+enroll --batch
+              registers every node of FILE.csv, one per line:
+              node_id,mac[,bmc_serial[,hardware_id...]] (a header line, `#` comments and
+              blank lines are skipped; at most 10000 nodes). The whole file is checked
+              before anything is sent. Prints each node that failed and
+              `enrolled N of M nodes (K failed)`; exit 1 when any failed.
+list          the nodes the journal knows: NODE STATE VCLUSTER MAC LAST-SEEN; --state,
+              --vcluster and --unassigned filter (--output json for scripts).
+inspect       everything recorded about one node's enrollment: hardware identity,
+              certificates, last seen, who enrolled (and decommissioned) it.
+decommission  revokes the node's certificate; it may not enroll again. The journal refuses
+              a node with active shell/exec sessions unless --force (they are terminated).";
 
 /// What the command line gave besides the positionals.
 pub struct Opts<'a> {
@@ -32,7 +54,7 @@ pub fn run(args: &[String], opts: &Opts<'_>, s: &Settings) -> Result<String, Fai
     crate::commands::append(s, entry(args, opts)?)
 }
 
-fn checked_name<'a>(what: &str, v: &'a str) -> Result<&'a str, Failure> {
+pub(crate) fn checked_name<'a>(what: &str, v: &'a str) -> Result<&'a str, Failure> {
     if spec::is_valid_name(v) {
         Ok(v)
     } else {

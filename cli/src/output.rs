@@ -254,6 +254,28 @@ pub struct AppendedJson {
     pub pending_approval_id: String,
 }
 
+/// A five-column table, each column but the last as wide as its widest cell, two spaces apart.
+pub fn table5(header: [&str; 5], rows: &[[String; 5]]) -> String {
+    let header = header.map(String::from);
+    let mut width = [0usize; 4];
+    for r in std::iter::once(&header).chain(rows) {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (cell, w) in r.iter().zip(width) {
+            line.push_str(&format!("{cell:<w$}  "));
+        }
+        line.push_str(&r[4]);
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -200,6 +200,7 @@ async fn answer_error<S: AsyncWrite + Unpin>(
 /// Serves one StreamBootConfig request. Err only when the connection itself failed.
 pub async fn stream_boot<S: AsyncWrite + Unpin>(
     shard: &ShardRef,
+    conn: &crate::rpc::Conn,
     io: &mut S,
     id: u32,
     req: &Request,
@@ -223,7 +224,7 @@ pub async fn stream_boot<S: AsyncWrite + Unpin>(
     if let Err(e) = shard.wait_stored().await {
         return answer_error(shard, io, m, id, e).await;
     }
-    let caller = match crate::rpc::authenticate(shard, &req.bearer_token, Method::StreamBootConfig).await {
+    let caller = match crate::rpc::authenticate(shard, conn, &req.bearer_token, Method::StreamBootConfig).await {
         Ok(c) => c,
         Err(e) => {
             Shared::inc(&shared.boot_stream_errors_total);
@@ -577,6 +578,7 @@ fn feed_once(shard: &ShardRef) -> Result<(), RemoteError> {
 /// resync. Err only when the connection itself failed.
 pub async fn subscribe<S: AsyncWrite + Unpin>(
     shard: &ShardRef,
+    conn: &crate::rpc::Conn,
     io: &mut S,
     id: u32,
     req: &Request,
@@ -585,7 +587,7 @@ pub async fn subscribe<S: AsyncWrite + Unpin>(
     if let Err(e) = shard.wait_stored().await {
         return answer_error(shard, io, m, id, e).await;
     }
-    let caller = match crate::rpc::authenticate(shard, &req.bearer_token, Method::SubscribeConfigUpdates).await {
+    let caller = match crate::rpc::authenticate(shard, conn, &req.bearer_token, Method::SubscribeConfigUpdates).await {
         Ok(c) => c,
         Err(e) => return answer_error(shard, io, m, id, e).await,
     };
@@ -599,7 +601,10 @@ pub async fn subscribe<S: AsyncWrite + Unpin>(
         }
     };
     shard.shared.subscriptions_active.fetch_add(1, Ordering::Relaxed);
-    let result = run_subscription(shard, io, id, &sub, &rx, &mut last).await;
+    // A subscription that a certificate authenticated is checked again at each keepalive, so
+    // a decommissioned node's stream ends within one keepalive period.
+    let by_cert = (req.bearer_token.is_empty() && !conn.chain.is_empty()).then_some(conn);
+    let result = run_subscription(shard, io, id, &sub, &rx, &mut last, by_cert).await;
     shard.shared.subscriptions_active.fetch_sub(1, Ordering::Relaxed);
     shard.boot.subscribers.borrow_mut().retain(|s| !Rc::ptr_eq(s, &sub));
     result
@@ -661,6 +666,7 @@ async fn run_subscription<S: AsyncWrite + Unpin>(
     sub: &Rc<Subscriber>,
     rx: &LocalReceiver<ConfigUpdate>,
     last: &mut u64,
+    by_cert: Option<&crate::rpc::Conn>,
 ) -> Result<(), String> {
     let m = Method::SubscribeConfigUpdates as u16;
     // Catch up from the store until level with the feed, then join it without yielding in
@@ -716,6 +722,14 @@ async fn run_subscription<S: AsyncWrite + Unpin>(
             }
             Ok(None) => return Ok(()),
             Err(_) => {
+                if let Some(conn) = by_cert {
+                    if let Err(crate::enroll::CertRefusal::Refused(why)) =
+                        crate::enroll::check_client_chain(&shard.store, &conn.chain)
+                    {
+                        let e = err(ErrorCode::Unauthenticated, format!("client certificate refused: {why}"));
+                        return answer_error(shard, io, m, id, e).await;
+                    }
+                }
                 // Quiet: nothing is queued, so everything up to the feed's cursor that
                 // concerns this subscriber was delivered.
                 if !sub.overflowed.get() {

@@ -56,6 +56,10 @@ pub const DB_MEMBERS: &str = "members";
 pub const DB_OVERLAY_HIST: &str = "overlay_hist";
 pub const DB_OVERLAY_BLOBS: &str = "overlay_blobs";
 pub const DB_APPROVALS: &str = "approvals";
+/// Enrollment (journal/src/enroll.rs): `n<node>` a node's record (pact.enrollment.NodeEnrollment),
+/// `h<hardware key>` the node a hardware identity is registered to, `i<journal id, u64 BE>`
+/// that journal's current enrollment CA (pact.enrollment.CaPublished).
+pub const DB_ENROLL: &str = "enroll";
 
 pub const KEY_SNAPSHOT_INDEX: &[u8] = b"snapshot_index";
 /// Founder only: members still to invite (`pact.journal.ChangeMembershipResponse`, prost), so a
@@ -74,6 +78,7 @@ pub const SNAP_OVERLAY_HIST: u8 = 7;
 pub const SNAP_OVERLAY_BLOBS: u8 = 8;
 pub const SNAP_NODE_RECORD: u8 = 9;
 pub const SNAP_APPROVALS: u8 = 10;
+pub const SNAP_ENROLL: u8 = 11;
 
 pub const TAG_NODE_RECORD: u8 = 0x01;
 pub const TAG_NODE_HIST: u8 = 0x02;

@@ -75,6 +75,9 @@ pub fn on_entry<T: StateTxn>(t: &mut T, e: &ConfigEntry) -> Result<()> {
         return Ok(());
     }
     let Ok(kind) = EntryType::try_from(e.entry_type) else { return Ok(()) };
+    if crate::enroll::is_enrollment_type(e.entry_type) {
+        return crate::enroll::on_entry(t, e);
+    }
     match e.scope.as_ref().and_then(|s| s.target.as_ref()) {
         Some(Target::VclusterId(vc)) => on_vcluster_entry(t, vc, kind, e),
         Some(Target::NodeId(node)) => on_node_entry(t, node, kind, e),

@@ -10,6 +10,8 @@ pub mod codec;
 pub mod config;
 pub mod declared;
 pub mod dev;
+pub mod enroll;
+pub mod enroll_rpc;
 pub mod http;
 pub mod log;
 pub mod net;

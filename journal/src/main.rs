@@ -12,7 +12,7 @@
 //! | 5    | cannot bind a listening port                                    |
 
 use pact_journal::{
-    boot, cluster, config, dev, error, http, info, log, peer, pki, raft_driver, server, shard, sys, warn,
+    boot, cluster, config, debug, dev, error, http, info, log, peer, pki, raft_driver, server, shard, sys, warn,
 };
 
 use glommio::channels::shared_channel;
@@ -230,8 +230,27 @@ fn run(cfg: config::JournalConfig, policy: Option<PolicyEngine>) -> Result<(), (
         cluster_ca.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
     )
     .map_err(|e| (EXIT_DATA_DIR, e))?;
-    let tls = pact_proto::tls::server_config(&tls_files.server_cert, &tls_files.server_key)
-        .map_err(|e| (EXIT_CONFIG, e.to_string()))?;
+    // The client port takes a client certificate when one is offered (an enrolled agent's);
+    // people and tools authenticate with tokens.
+    let tls =
+        pact_proto::tls::optional_mtls_server_config(&tls_files.server_cert, &tls_files.server_key, &tls_files.ca_cert)
+            .map_err(|e| (EXIT_CONFIG, e.to_string()))?;
+    let authority = match (std::fs::read_to_string(&tls_files.ca_cert), std::fs::read_to_string(&tls_files.ca_key)) {
+        (Ok(root), Ok(key)) => pact_journal::enroll::Authority::new(
+            cfg.node_id,
+            &root,
+            &key,
+            Duration::from_secs(cfg.enrollment.cert_lifetime_seconds),
+            pact_journal::enroll::RateLimits::from_per_minute(cfg.enrollment.rate_limit_per_minute),
+        )
+        .map(std::sync::Arc::new)
+        .map_err(|e| warn!("enrollment unavailable: {e}"))
+        .ok(),
+        (Err(e), _) | (_, Err(e)) => {
+            warn!("enrollment unavailable: the cluster CA cannot be read ({e})");
+            None
+        }
+    };
     let peer_server_tls =
         pact_proto::tls::mtls_server_config(&tls_files.server_cert, &tls_files.server_key, &tls_files.ca_cert)
             .map_err(|e| (EXIT_CONFIG, e.to_string()))?;
@@ -416,6 +435,7 @@ fn run(cfg: config::JournalConfig, policy: Option<PolicyEngine>) -> Result<(), (
         };
         let (store, shared, verifier, tls, ready) =
             (store.clone(), shared.clone(), verifier.clone(), tls.clone(), ready_tx.clone());
+        let authority = authority.clone();
         let policy = policy.clone();
         let listen = cfg.listen_addr;
         let metrics_listen = if id == 0 { cfg.metrics_listen } else { None };
@@ -451,6 +471,7 @@ fn run(cfg: config::JournalConfig, policy: Option<PolicyEngine>) -> Result<(), (
                     let mut me =
                         Shard::new(0, store.clone(), shared.clone(), verifier, ProposalTx::Local(local_tx.clone()));
                     me.policy = policy.map(std::cell::RefCell::new);
+                    me.authority = authority;
                     let me = Rc::new(me);
                     // Forward every other shard's proposals into the driver's inbox.
                     for rx in prop_rx {
@@ -489,6 +510,24 @@ fn run(cfg: config::JournalConfig, policy: Option<PolicyEngine>) -> Result<(), (
                         }
                     }
                     glommio::spawn_local(boot::feed(me.clone())).detach();
+                    // This start's enrollment CA replaces the previous one (retiring it) as soon
+                    // as raft can take it; enrollment waits for it too.
+                    if me.authority.is_some() {
+                        let me2 = me.clone();
+                        glommio::spawn_local(async move {
+                            while !me2.shared.is_shutting_down() {
+                                match pact_journal::enroll_rpc::ensure_published(&me2).await {
+                                    Ok(()) => {
+                                        info!("enrollment CA published");
+                                        break;
+                                    }
+                                    Err(e) => debug!("enrollment CA not published yet: {}", e.message),
+                                }
+                                glommio::timer::sleep(Duration::from_millis(500)).await;
+                            }
+                        })
+                        .detach();
+                    }
                     let serving = glommio::spawn_local(server::serve(me.clone(), listener, tls));
                     let _ = ready.send(Ok(0));
                     driver.run(inbox).await;
@@ -497,6 +536,7 @@ fn run(cfg: config::JournalConfig, policy: Option<PolicyEngine>) -> Result<(), (
                     let to_raft = to_raft.expect("shard has a proposal channel").connect().await;
                     let mut me = Shard::new(id, store, shared, verifier, ProposalTx::Remote(to_raft));
                     me.policy = policy.map(std::cell::RefCell::new);
+                    me.authority = authority;
                     let me = Rc::new(me);
                     let from_raft = from_raft.expect("shard has a result channel").connect().await;
                     let me2 = me.clone();

@@ -43,11 +43,39 @@ fn internal(e: impl std::fmt::Display) -> RemoteError {
     err(ErrorCode::Internal, e.to_string())
 }
 
-/// Verifies the request's bearer token. A token signed with a key the cached JWKS does not
-/// hold makes one refresh (rate-limited by the verifier) on the executor's blocking pool, so
-/// the shard keeps serving while the IdP answers.
-pub async fn authenticate(shard: &ShardRef, token: &str, method: Method) -> Result<Caller, RemoteError> {
-    let r = verify_token(shard, token).await;
+/// What the connection a request came on says about its sender.
+#[derive(Clone, Debug, Default)]
+pub struct Conn {
+    pub peer: Option<std::net::SocketAddr>,
+    /// The client certificate chain TLS verified against the cluster CA (empty: none).
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+/// Who sent a request: the bearer token's subject when there is a token; else, on a
+/// connection with an agent certificate, that node's agent (`enroll::check_client_chain`,
+/// checked on every request, so a decommissioned node is refused on open connections too).
+/// A token signed with a key the cached JWKS does not hold makes one refresh (rate-limited
+/// by the verifier) on the executor's blocking pool, so the shard keeps serving while the
+/// IdP answers.
+pub async fn authenticate(shard: &ShardRef, conn: &Conn, token: &str, method: Method) -> Result<Caller, RemoteError> {
+    let r = if token.is_empty() && !conn.chain.is_empty() {
+        // As of this journal's latest acknowledged write: a decommissioning acknowledged here
+        // is in force for the very next request.
+        shard.wait_stored().await?;
+        match crate::enroll::check_client_chain(&shard.store, &conn.chain) {
+            Ok(node) => Ok(Caller {
+                principal: node,
+                role: authz::SERVICE_AGENT.to_string(),
+                principal_type: "agent".to_string(),
+            }),
+            Err(crate::enroll::CertRefusal::Refused(why)) => {
+                Err(err(ErrorCode::Unauthenticated, format!("client certificate refused: {why}")))
+            }
+            Err(crate::enroll::CertRefusal::NotAgent) => verify_token(shard, token).await,
+        }
+    } else {
+        verify_token(shard, token).await
+    };
     if let Err(e) = &r {
         record_denial(shard, None, method, &e.message);
     }
@@ -362,9 +390,15 @@ fn is_read(m: Method) -> bool {
     )
 }
 
-pub async fn handle(shard: &ShardRef, method: Method, req: &Request) -> Result<Reply, RemoteError> {
-    let caller = authenticate(shard, &req.bearer_token, method).await?;
-    let r = handle_as(shard, method, req, &caller).await;
+pub async fn handle(shard: &ShardRef, conn: &Conn, method: Method, req: &Request) -> Result<Reply, RemoteError> {
+    if let Some(r) = crate::enroll_rpc::handle_unauthenticated(shard, conn, method, req).await {
+        return r;
+    }
+    let caller = authenticate(shard, conn, &req.bearer_token, method).await?;
+    let r = match crate::enroll_rpc::handle(shard, conn, method, req, &caller).await {
+        Some(r) => r,
+        None => handle_as(shard, method, req, &caller).await,
+    };
     if let Err(e) = &r {
         if matches!(e.code, ErrorCode::PermissionDenied | ErrorCode::PolicyRejected) {
             record_denial(shard, Some(&caller), method, &e.message);
@@ -392,6 +426,12 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
             entry.author = Some(identity_of(caller));
             entry.sequence = 0;
             entry.timestamp = None;
+            if crate::enroll::is_enrollment_type(entry.entry_type) || !entry.enrollment.is_empty() {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    "NODE_ENROLLED, CERT_SIGNED and NODE_DECOMMISSIONED entries are made by the enrollment methods (pact enroll, pact node enroll|decommission), not appended",
+                ));
+            }
             state::validate_entry(&entry).map_err(|m| err(ErrorCode::InvalidArgument, m))?;
             let kind = pact_proto::config::EntryType::try_from(entry.entry_type)
                 .map_err(|_| err(ErrorCode::InvalidArgument, "unknown entry type"))?;

@@ -120,6 +120,10 @@ async fn connection(shard: &ShardRef, acceptor: &TlsAcceptor, stream: TcpStream)
     })
     .await;
     let (mut tls, hello) = opened.map_err(|e| format!("handshake: {e}"))?;
+    let conn = rpc::Conn {
+        peer: tls.get_ref().0 .0.peer_addr().ok(),
+        chain: tls.get_ref().1.peer_certificates().map(|c| c.to_vec()).unwrap_or_default(),
+    };
     let (outcome, answer) = match frame::server_answer(&hello) {
         Ok(x) => x,
         Err(e) => {
@@ -132,10 +136,14 @@ async fn connection(shard: &ShardRef, acceptor: &TlsAcceptor, stream: TcpStream)
     if let HelloOutcome::NoCommonVersion { client_max, client_min } = outcome {
         return Err(format!("client speaks versions {client_min}..={client_max}; closed"));
     }
-    serve_frames(shard, &mut tls).await
+    serve_frames(shard, &conn, &mut tls).await
 }
 
-async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(shard: &ShardRef, io: &mut S) -> Result<(), String> {
+async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(
+    shard: &ShardRef,
+    conn: &rpc::Conn,
+    io: &mut S,
+) -> Result<(), String> {
     let mut out = Vec::with_capacity(16 * 1024);
     loop {
         let mut hb = [0u8; HEADER_LEN];
@@ -163,16 +171,16 @@ async fn serve_frames<S: AsyncRead + AsyncWrite + Unpin>(shard: &ShardRef, io: &
         // Boot streams and subscriptions write their frames as they go.
         match method {
             Method::StreamBootConfig => {
-                crate::boot::stream_boot(shard, io, id, &request).await?;
+                crate::boot::stream_boot(shard, conn, io, id, &request).await?;
                 continue;
             }
             Method::SubscribeConfigUpdates => {
-                crate::boot::subscribe(shard, io, id, &request).await?;
+                crate::boot::subscribe(shard, conn, io, id, &request).await?;
                 continue;
             }
             _ => {}
         }
-        match rpc::handle(shard, method, &request).await {
+        match rpc::handle(shard, conn, method, &request).await {
             Ok(Reply::One(bytes)) => push(&mut out, Frame::new(FrameKind::Response, m, id, bytes))?,
             Ok(Reply::Stream(items)) => {
                 for item in items {

@@ -74,6 +74,8 @@ pub struct Shard {
     pub opa_in_flight: Cell<u32>,
     /// When this shard last logged a read served without the policy engine (one line per 10 s).
     pub policy_warned: Cell<Option<std::time::Instant>>,
+    /// This journal's enrollment CA (None: enrollment unavailable), shared by its shards.
+    pub authority: Option<Arc<crate::enroll::Authority>>,
     pending: RefCell<HashMap<u64, LocalSender<Outcome>>>,
     next_proposal: Cell<u64>,
 }
@@ -97,6 +99,7 @@ impl Shard {
             policy: None,
             opa_in_flight: Cell::new(0),
             policy_warned: Cell::new(None),
+            authority: None,
             pending: RefCell::new(HashMap::new()),
             next_proposal: Cell::new(1),
         }

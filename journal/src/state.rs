@@ -5,6 +5,7 @@
 
 use crate::store::Result;
 use pact_proto::config::{ConfigEntry, ConfigState, EntryType, NodeConfigState, Timestamp};
+use pact_proto::enrollment::{CaPublished, NodeEnrollment};
 use pact_proto::journal::{
     apply_result, command, ApplyResult, ChangeMembershipResponse, Command, Member, NodeRecord, OverlayRecord,
     SetNodeStateResponse,
@@ -46,6 +47,22 @@ pub trait StateTxn {
     /// How many approvals are PENDING.
     fn pending_approvals(&self) -> Result<u64>;
     fn set_pending_approvals(&mut self, n: u64) -> Result<()>;
+    // Enrollment (see `enroll`): kept only where `keeps_declared`; the defaults keep nothing.
+    fn get_enrollment(&self, _node: &str) -> Result<Option<NodeEnrollment>> {
+        Ok(None)
+    }
+    fn put_enrollment(&mut self, _e: &NodeEnrollment) -> Result<()> {
+        Ok(())
+    }
+    fn hardware_owner(&self, _key: &str) -> Result<Option<String>> {
+        Ok(None)
+    }
+    fn put_hardware_owner(&mut self, _key: &str, _node: Option<&str>) -> Result<()> {
+        Ok(())
+    }
+    fn put_enrollment_ca(&mut self, _ca: &CaPublished) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The few values `apply` reads (applied index, next sequence, last timestamp, the address
@@ -217,6 +234,7 @@ pub fn validate_entry(e: &ConfigEntry) -> std::result::Result<(), String> {
         }
         _ => {}
     }
+    crate::enroll::validate(e)?;
     if let Some(d) = &e.state_delta {
         for f in &d.files {
             if f.content.as_ref().is_some_and(|c| c.len() > MAX_DELTA_FILE_CONTENT) {
@@ -296,6 +314,9 @@ fn apply_command<T: StateTxn>(t: &mut T, cmd: &Command) -> Result<ApplyResult> {
             match EntryType::try_from(entry.entry_type) {
                 Ok(EntryType::PendingApproval) => return crate::approval::apply_pending(t, entry, ts),
                 Ok(EntryType::ApprovalDecision) => return crate::approval::apply_decision(t, entry, ts),
+                _ if !entry.enrollment.is_empty() && !crate::enroll::is_enrollment_type(entry.entry_type) => {
+                    return Ok(rejected("only enrollment entries carry an enrollment record".into()))
+                }
                 _ if !entry.approval.is_empty() => {
                     return Ok(rejected("only the journal's own approval entries carry an approval record".into()))
                 }
@@ -309,6 +330,12 @@ fn apply_command<T: StateTxn>(t: &mut T, cmd: &Command) -> Result<ApplyResult> {
                     pending_approval_id: String::new(),
                 })),
             })
+        }
+        Some(command::Op::PublishCa(ca)) => {
+            if t.keeps_declared() {
+                t.put_enrollment_ca(ca)?;
+            }
+            Ok(ApplyResult { result: None })
         }
         Some(command::Op::SetNodeState(req)) => {
             if let Err(reason) = validate_id(&req.node_id, "node id") {

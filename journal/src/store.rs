@@ -8,6 +8,7 @@ use crate::state::StateTxn;
 use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn};
 use pact_proto::config::{ConfigEntry, NodeConfigState, Scope};
+use pact_proto::enrollment::{CaPublished, NodeEnrollment};
 use pact_proto::journal::{Member, NodeRecord, OverlayRecord};
 use pact_proto::policy::{ApprovalStatus, PendingApproval};
 use prost::Message as _;
@@ -65,6 +66,7 @@ struct Inner {
     overlay_blobs: Db,
     members: Db,
     approvals: Db,
+    enroll: Db,
     nodes: Vec<Db>,
 }
 
@@ -99,6 +101,7 @@ impl Store {
         let overlay_hist = env.create_database(&mut w, Some(DB_OVERLAY_HIST))?;
         let overlay_blobs = env.create_database(&mut w, Some(DB_OVERLAY_BLOBS))?;
         let approvals = env.create_database(&mut w, Some(DB_APPROVALS))?;
+        let enroll = env.create_database(&mut w, Some(DB_ENROLL))?;
         let parts = match state_meta.get(&w, KEY_PARTITIONS)? {
             Some(b) => read_u64(b).ok_or_else(|| StoreError::Corrupt("partitions".into()))? as u32,
             None => {
@@ -125,6 +128,7 @@ impl Store {
                 overlay_blobs,
                 members,
                 approvals,
+                enroll,
                 nodes,
             }),
         })
@@ -282,6 +286,7 @@ impl Store {
         self.inner.overlay_blobs.clear(w)?;
         self.inner.members.clear(w)?;
         self.inner.approvals.clear(w)?;
+        self.inner.enroll.clear(w)?;
         for db in &self.inner.nodes {
             db.clear(w)?;
         }
@@ -297,6 +302,7 @@ impl Store {
                 SNAP_OVERLAY_HIST => &self.inner.overlay_hist,
                 SNAP_OVERLAY_BLOBS => &self.inner.overlay_blobs,
                 SNAP_APPROVALS => &self.inner.approvals,
+                SNAP_ENROLL => &self.inner.enroll,
                 SNAP_NODE_STATE | SNAP_NODE_RECORD => {
                     let id = codec::node_of_key(k).ok_or_else(|| StoreError::Corrupt("snapshot node key".into()))?;
                     &self.inner.nodes[codec::partition_of(id, parts) as usize]
@@ -329,7 +335,7 @@ impl Store {
                 .term
         };
         let mut data = Vec::new();
-        let tables: [(u8, &Db); 8] = [
+        let tables: [(u8, &Db); 9] = [
             (SNAP_STATE_META, &self.inner.state_meta),
             (SNAP_ENTRIES, &self.inner.entries),
             (SNAP_ENTRY_SCOPE, &self.inner.entry_scope),
@@ -338,6 +344,7 @@ impl Store {
             (SNAP_OVERLAY_HIST, &self.inner.overlay_hist),
             (SNAP_OVERLAY_BLOBS, &self.inner.overlay_blobs),
             (SNAP_APPROVALS, &self.inner.approvals),
+            (SNAP_ENROLL, &self.inner.enroll),
         ];
         for (kind, db) in tables {
             for kv in db.iter(&r)? {
@@ -443,6 +450,74 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// A node's enrollment record.
+    pub fn get_enrollment(&self, r: &RoTxn, node: &str) -> Result<Option<NodeEnrollment>> {
+        match self.inner.enroll.get(r, &enroll_key(b'n', node.as_bytes()))? {
+            None => Ok(None),
+            Some(b) => Ok(Some(decode_prost(b, "enrollment")?)),
+        }
+    }
+
+    pub fn put_enrollment(&self, w: &mut RwTxn, e: &NodeEnrollment) -> Result<()> {
+        self.inner.enroll.put(w, &enroll_key(b'n', e.node_id.as_bytes()), &e.encode_to_vec())?;
+        Ok(())
+    }
+
+    /// Enrollment records in node id order, at most `limit`, looking at no more than
+    /// `MAX_LIST_SCAN` of them; `keep` filters.
+    pub fn list_enrollments(
+        &self,
+        r: &RoTxn,
+        limit: usize,
+        keep: &dyn Fn(&NodeEnrollment) -> bool,
+    ) -> Result<Vec<NodeEnrollment>> {
+        let mut out = Vec::new();
+        for kv in self.inner.enroll.prefix_iter(r, b"n")?.take(MAX_LIST_SCAN) {
+            let e: NodeEnrollment = decode_prost(kv?.1, "enrollment")?;
+            if keep(&e) {
+                out.push(e);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The node a hardware key (`enroll::hardware_keys`) is registered to.
+    pub fn hardware_owner(&self, r: &RoTxn, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .inner
+            .enroll
+            .get(r, &enroll_key(b'h', key.as_bytes()))?
+            .map(|b| String::from_utf8_lossy(b).into_owned()))
+    }
+
+    pub fn put_hardware_owner(&self, w: &mut RwTxn, key: &str, node: Option<&str>) -> Result<()> {
+        let k = enroll_key(b'h', key.as_bytes());
+        match node {
+            Some(n) => self.inner.enroll.put(w, &k, n.as_bytes())?,
+            None => {
+                self.inner.enroll.delete(w, &k)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every journal's current enrollment CA.
+    pub fn enrollment_cas(&self, r: &RoTxn) -> Result<Vec<CaPublished>> {
+        let mut out = Vec::new();
+        for kv in self.inner.enroll.prefix_iter(r, b"i")? {
+            out.push(decode_prost(kv?.1, "enrollment CA")?);
+        }
+        Ok(out)
+    }
+
+    pub fn put_enrollment_ca(&self, w: &mut RwTxn, ca: &CaPublished) -> Result<()> {
+        self.inner.enroll.put(w, &enroll_key(b'i', &ca.journal_id.to_be_bytes()), &ca.encode_to_vec())?;
+        Ok(())
     }
 
     pub fn get_approval(&self, r: &RoTxn, id: u64) -> Result<Option<PendingApproval>> {
@@ -688,6 +763,13 @@ fn members_in(db: &Db, r: &RoTxn) -> Result<Vec<Member>> {
     Ok(out)
 }
 
+fn enroll_key(tag: u8, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + id.len());
+    k.push(tag);
+    k.extend_from_slice(id);
+    k
+}
+
 /// The state machine's view of an LMDB write transaction.
 pub struct LmdbState<'s, 'w, 'e> {
     store: &'s Store,
@@ -701,6 +783,21 @@ impl<'s, 'w, 'e> LmdbState<'s, 'w, 'e> {
 }
 
 impl StateTxn for LmdbState<'_, '_, '_> {
+    fn get_enrollment(&self, node: &str) -> Result<Option<NodeEnrollment>> {
+        self.store.get_enrollment(self.w, node)
+    }
+    fn put_enrollment(&mut self, e: &NodeEnrollment) -> Result<()> {
+        self.store.put_enrollment(self.w, e)
+    }
+    fn hardware_owner(&self, key: &str) -> Result<Option<String>> {
+        self.store.hardware_owner(self.w, key)
+    }
+    fn put_hardware_owner(&mut self, key: &str, node: Option<&str>) -> Result<()> {
+        self.store.put_hardware_owner(self.w, key, node)
+    }
+    fn put_enrollment_ca(&mut self, ca: &CaPublished) -> Result<()> {
+        self.store.put_enrollment_ca(self.w, ca)
+    }
     fn applied_index(&self) -> Result<u64> {
         self.store.meta_u64(self.w, KEY_APPLIED_INDEX)
     }

@@ -53,6 +53,32 @@ pub fn root_store(ca_pem: &Path) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// Server side, a client certificate optional: when one is presented it must chain to
+/// `ca_pem` (the journal's client port: agents present their enrolled certificates, people
+/// and tools authenticate with bearer tokens).
+pub fn optional_mtls_server_config(
+    cert: &Path,
+    key: &Path,
+    ca_pem: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let roots = Arc::new(root_store(ca_pem)?);
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| TlsError(format!("{}: client verifier: {e}", ca_pem.display())))?;
+    let certs = load_certs(cert)?;
+    let key = load_key(key)?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError(format!("{}: {e}", cert.display())))?;
+    // As in `server_config`: pact's clients do not resume sessions.
+    cfg.send_tls13_tickets = 0;
+    Ok(Arc::new(cfg))
+}
+
 /// Server side, no client certificate (the client port authenticates with bearer tokens;
 /// mutual TLS for agents arrives with enrollment).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {

@@ -78,6 +78,10 @@ pub struct ConfigEntry {
     /// Set only by the journal: a client's AppendEntry that carries it is refused.
     #[prost(bytes = "vec", tag = "14")]
     pub approval: ::prost::alloc::vec::Vec<u8>,
+    /// NODE_ENROLLED, CERT_SIGNED, NODE_DECOMMISSIONED: a prost-encoded
+    /// pact.enrollment.EnrollmentEvent. Set only by the journal's enrollment methods.
+    #[prost(bytes = "vec", tag = "15")]
+    pub enrollment: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MountSpec {

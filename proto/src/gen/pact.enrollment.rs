@@ -34,6 +34,10 @@ pub struct EnrollRequest {
     /// the node.
     #[prost(bytes = "vec", tag = "2")]
     pub csr: ::prost::alloc::vec::Vec<u8>,
+    /// The node id the agent believes it has (hostname, pact.nodeid=). When set it must be the
+    /// node the hardware is registered to; the journal's record decides either way.
+    #[prost(string, tag = "3")]
+    pub node_id: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct EnrollResponse {
@@ -237,6 +241,70 @@ pub struct NodeEnrollment {
     pub enrolled_by: ::core::option::Option<super::config::Identity>,
     #[prost(uint32, tag = "11")]
     pub active_sessions: u32,
+    /// Serials (hex) of the certificates the journal accepts for this node, newest first: the
+    /// current one and the one it renewed (at most two). Any other serial is refused.
+    #[prost(string, repeated, tag = "12")]
+    pub cert_serials: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// SHA-256 of every public key certified for this node (newest first, at most 32): a CSR
+    /// for a key seen before is a replay and is refused.
+    #[prost(bytes = "vec", repeated, tag = "13")]
+    pub key_hashes: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    #[prost(message, optional, tag = "14")]
+    pub decommissioned_at: ::core::option::Option<super::config::Timestamp>,
+    #[prost(message, optional, tag = "15")]
+    pub decommissioned_by: ::core::option::Option<super::config::Identity>,
+}
+/// A certificate the journal signed, as recorded (CERT_SIGNED entries).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CertIssued {
+    #[prost(string, tag = "1")]
+    pub node_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub serial: ::prost::alloc::string::String,
+    #[prost(message, optional, tag = "3")]
+    pub expires_at: ::core::option::Option<super::config::Timestamp>,
+    /// SHA-256 of the certified public key (SubjectPublicKeyInfo bit string).
+    #[prost(bytes = "vec", tag = "4")]
+    pub key_hash: ::prost::alloc::vec::Vec<u8>,
+    /// SHA-256 of the signing enrollment CA's certificate (DER).
+    #[prost(bytes = "vec", tag = "5")]
+    pub issuer_fingerprint: ::prost::alloc::vec::Vec<u8>,
+    /// Renewal by a node holding a valid certificate, rather than an enrollment.
+    #[prost(bool, tag = "6")]
+    pub renewal: bool,
+    /// The address the request came from.
+    #[prost(string, tag = "7")]
+    pub source: ::prost::alloc::string::String,
+}
+/// One journal's current enrollment CA (Command op publish_ca; no ConfigEntry, no sequence).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CaPublished {
+    #[prost(uint64, tag = "1")]
+    pub journal_id: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub fingerprint: ::prost::alloc::vec::Vec<u8>,
+    /// The CA certificate, DER.
+    #[prost(bytes = "vec", tag = "3")]
+    pub cert_der: ::prost::alloc::vec::Vec<u8>,
+}
+/// What an enrollment entry (NODE_ENROLLED, CERT_SIGNED, NODE_DECOMMISSIONED) carries in
+/// ConfigEntry.enrollment.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct EnrollmentEvent {
+    #[prost(oneof = "enrollment_event::Event", tags = "1, 2, 3")]
+    pub event: ::core::option::Option<enrollment_event::Event>,
+}
+/// Nested message and enum types in `EnrollmentEvent`.
+pub mod enrollment_event {
+    #[derive(Clone, PartialEq, ::prost::Oneof)]
+    pub enum Event {
+        #[prost(message, tag = "1")]
+        Register(super::RegisterNodeRequest),
+        #[prost(message, tag = "2")]
+        Issued(super::CertIssued),
+        #[prost(message, tag = "3")]
+        Decommission(super::DecommissionNodeRequest),
+    }
 }
 /// Lifecycle of a node's enrollment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]

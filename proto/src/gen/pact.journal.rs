@@ -204,7 +204,7 @@ pub struct Command {
     /// Only on conf-change entries (in the raft ConfChange context): the member's addresses.
     #[prost(message, optional, tag = "3")]
     pub member: ::core::option::Option<Member>,
-    #[prost(oneof = "command::Op", tags = "10, 11")]
+    #[prost(oneof = "command::Op", tags = "10, 11, 12")]
     pub op: ::core::option::Option<command::Op>,
 }
 /// Nested message and enum types in `Command`.
@@ -215,6 +215,9 @@ pub mod command {
         AppendEntry(super::super::config::ConfigEntry),
         #[prost(message, tag = "11")]
         SetNodeState(super::SetNodeStateRequest),
+        /// A journal's new enrollment CA (journal/src/enroll.rs).
+        #[prost(message, tag = "12")]
+        PublishCa(super::super::enrollment::CaPublished),
     }
 }
 /// The result of applying one Command.
