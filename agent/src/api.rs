@@ -314,6 +314,8 @@ pub struct Server<W: Wake + Sync + 'static> {
     pub link: Link<W>,
     pub limits: Limits,
     pub log: LogFn,
+    /// Where decisions go on the journal's record (None: the console line only).
+    pub record: Option<Arc<crate::audit::Recorder>>,
 }
 
 impl<W: Wake + Sync + 'static> Server<W> {
@@ -560,6 +562,7 @@ impl<W: Wake + Sync + 'static> Ctx<W> {
             },
             _ => Ok(Body::Other),
         };
+        let read_only = matches!(&body, Ok(Body::Control { action: Ok(Action::Status), .. }));
         let args = match &body {
             Ok(Body::Control { name, action }) => {
                 let a = match action {
@@ -591,7 +594,14 @@ impl<W: Wake + Sync + 'static> Ctx<W> {
             Ok(_) => format!("ok{}", handled.summary),
             Err(e) => format!("{}: {}", e.code, e.message),
         };
-        self.log(&format!("PACT: api: {who} {role} {} {args} -> {outcome}", method.name()));
+        let line = format!("api: {who} {role} {} {args} -> {outcome}", method.name());
+        self.log(&format!("PACT: {line}"));
+        // Every action, allowed or refused, and every refused read, on the journal's record.
+        if let Some(r) = &self.server.record {
+            if !(read_only && handled.answer.is_ok()) {
+                r.record(line);
+            }
+        }
         handled
     }
 
@@ -1024,6 +1034,7 @@ mod tests {
             link: Link { tx, waker: NoWake },
             limits,
             log: Arc::new(move |l: &str| sink.lock().unwrap().push(l.to_string())),
+            record: None,
         };
         let addr = server.spawn("127.0.0.1:0".parse().unwrap()).unwrap();
         Fixture { dir, addr, rx, shared, lines }

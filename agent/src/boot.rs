@@ -99,16 +99,16 @@ pub fn enroller(
     )))
 }
 
-/// How the journal client authenticates: the token when there is one, else `enroller`'s
+/// How the journal client authenticates: the token when there is one, else `identity`'s
 /// certificate. With a token no client certificate is offered: the token decides, and the
 /// node's `tls_cert` (its API's certificate) may come from a CA the journal does not know,
 /// which would fail the handshake.
 pub fn journal_config(
     cfg: &AgentConfig,
-    enroller: Option<std::sync::Arc<crate::enroll::Enroller>>,
+    identity: Option<std::sync::Arc<dyn crate::enroll::IdentitySource>>,
 ) -> Result<journal_client::Config, String> {
     let tls = pact_proto::tls::client_config(&cfg.journal.tls_ca).map_err(|e| format!("journal TLS: {e}"))?;
-    let token = match &enroller {
+    let token = match &identity {
         Some(_) => String::new(),
         None => agent_token(cfg).ok_or_else(|| {
             format!(
@@ -119,7 +119,7 @@ pub fn journal_config(
     };
     let mut c = journal_client::Config::new(cfg.journal.endpoints.clone(), tls, &token, &cfg.node_id, &cfg.vcluster);
     c.backoff_max = Duration::from_secs(60);
-    c.enroller = enroller;
+    c.identity = identity;
     Ok(c)
 }
 
@@ -209,12 +209,12 @@ fn report<W: Wake>(link: &Link<W>, results: &[ItemResult]) {
 /// PID 1 does: the operating system around it owns the name).
 pub fn run<W: Wake>(
     cfg: AgentConfig,
-    enroller: Option<std::sync::Arc<crate::enroll::Enroller>>,
+    identity: Option<std::sync::Arc<dyn crate::enroll::IdentitySource>>,
     hostname: Option<String>,
     target: apply::Target,
     link: Link<W>,
 ) -> String {
-    let jcfg = match journal_config(&cfg, enroller) {
+    let jcfg = match journal_config(&cfg, identity) {
         Ok(c) => c,
         Err(e) => return e,
     };

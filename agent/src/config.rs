@@ -402,7 +402,11 @@ fn read_file(
             cfg.identity_provider = p.to_string();
         }
         cfg.spire_socket = non_empty(&i, "spire_socket")?.map(PathBuf::from);
-        cfg.not_yet_active.push("agent.identity.* (SPIRE / enrollment)".into());
+        // "ephemeral" (the journals' CA, `enroll`) is what the agent does; SPIRE is to come.
+        if cfg.identity_provider == "spire" {
+            cfg.not_yet_active
+                .push("agent.identity.provider = \"spire\" (the agent enrolls with the journals' CA instead)".into());
+        }
     }
     if let Some(c) = a.section("capability")? {
         c.check_keys(&["manifest_path", "socket_path", "gpu_poll_interval_seconds"])?;

@@ -36,6 +36,36 @@ pub const RENEW_RETRY: Duration = Duration::from_secs(300);
 /// Pause between rounds of enrollment attempts over all journals (capped backoff).
 pub const ENROLL_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
+/// Where the agent's certificate comes from, as the rest of the agent sees it. Enrollment
+/// with the journals' CA ([`Enroller`]) is the source today; SPIRE (an X.509 SVID from the
+/// workload API, `[agent.identity] provider = "spire"`) is to be another implementation.
+pub trait IdentitySource: Send + Sync {
+    /// Client TLS presenting the current certificate, obtaining one first when there is none.
+    fn client_tls(&self) -> Result<Arc<rustls::ClientConfig>, String>;
+    /// A journal refused the certificate (`why`): obtain a new one (blocking).
+    fn refused(&self, why: &str) -> Result<(), String>;
+    /// Blocks until a current certificate is on hand.
+    fn ready(&self) -> Result<(), String>;
+    /// The certificate chain and key files the API server presents (reread when they change).
+    fn cert_files(&self) -> (PathBuf, PathBuf);
+}
+
+impl IdentitySource for Enroller {
+    fn client_tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        self.tls()
+    }
+    fn refused(&self, why: &str) -> Result<(), String> {
+        (self.log)(&format!("PACT: {why}; enrolling again"));
+        self.ensure(true)
+    }
+    fn ready(&self) -> Result<(), String> {
+        self.ensure(false)
+    }
+    fn cert_files(&self) -> (PathBuf, PathBuf) {
+        (self.cert.clone(), self.key.clone())
+    }
+}
+
 pub struct Enroller {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -214,13 +244,6 @@ impl Enroller {
         Err(last)
     }
 
-    /// A journal refused the certificate (`why`): says so, then enrolls again (blocking until
-    /// a journal signs).
-    pub fn refused(&self, why: &str) -> Result<(), String> {
-        (self.log)(&format!("PACT: {why}; enrolling again"));
-        self.ensure(true)
-    }
-
     /// Whether an error is a journal refusing this node's certificate.
     pub fn is_refusal(e: &CallError) -> bool {
         matches!(e, CallError::Remote(r) if r.code == ErrorCode::Unauthenticated && r.message.starts_with(REFUSED_PREFIX))
@@ -254,7 +277,7 @@ impl Enroller {
                     r.cert_expires_at.map(|t| t.seconds).unwrap_or_default()
                 )),
                 Err(e) if Self::is_refusal(&e) => {
-                    if let Err(e) = self.refused(&format!("renewal: {e}")) {
+                    if let Err(e) = IdentitySource::refused(&*self, &format!("renewal: {e}")) {
                         (self.log)(&format!("PACT: enrollment: {e}"));
                     }
                 }

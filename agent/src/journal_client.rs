@@ -48,7 +48,7 @@ pub struct Config {
     pub max_rounds: Option<u32>,
     /// Certificate identity (no token): each connection uses the enrolled certificate as it is
     /// on disk then, and a journal refusing it makes the agent enroll again.
-    pub enroller: Option<Arc<crate::enroll::Enroller>>,
+    pub identity: Option<Arc<dyn crate::enroll::IdentitySource>>,
 }
 
 impl Config {
@@ -69,7 +69,7 @@ impl Config {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             max_rounds: None,
-            enroller: None,
+            identity: None,
         }
     }
 }
@@ -338,8 +338,8 @@ impl JournalClient {
     }
 
     fn connect(&self, endpoint: &str) -> Result<Client, Error> {
-        let tls = match &self.cfg.enroller {
-            Some(e) => e.tls().map_err(|m| Error::Unreachable(format!("no certificate: {m}")))?,
+        let tls = match &self.cfg.identity {
+            Some(i) => i.client_tls().map_err(|m| Error::Unreachable(format!("no certificate: {m}")))?,
             None => self.cfg.tls.clone(),
         };
         Ok(Client::connect(endpoint, tls, &self.cfg.token, self.cfg.timeout)?)
@@ -348,7 +348,7 @@ impl JournalClient {
     /// Moves to the next endpoint after a failure; sleeps (backoff with full jitter) after a
     /// whole round failed. Err when `max_rounds` is used up.
     fn failed(&mut self, e: Error) -> Result<(), Error> {
-        if let (Some(en), Error::Remote(r)) = (&self.cfg.enroller, &e) {
+        if let (Some(en), Error::Remote(r)) = (&self.cfg.identity, &e) {
             if r.code == ErrorCode::Unauthenticated && r.message.starts_with(crate::enroll::REFUSED_PREFIX) {
                 // Blocks until a journal signs a new certificate; then this is worth a retry.
                 en.refused(&r.message)

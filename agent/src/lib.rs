@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod audit;
 pub mod boot;
 pub mod capability;
 pub mod config;

@@ -344,7 +344,8 @@ fn run(
             .spawn(move || e.renewal_loop())
             .map_err(|e| format!("renewal thread: {e}"))?;
     }
-    start_api(&cfg, enroller.clone(), &api_shared, boot::Link { tx: tx.clone(), waker: EventWaker(wake_fd.clone()) });
+    let identity = enroller.map(|e| e as Arc<dyn pact_agent::enroll::IdentitySource>);
+    start_api(&cfg, identity.clone(), &api_shared, boot::Link { tx: tx.clone(), waker: EventWaker(wake_fd.clone()) });
     let mut controls = api::Controls::new(sup.backend(), stop_grace);
     let mut power_answered: Option<std::sync::mpsc::Receiver<()>> = None;
     let link = boot::Link { tx, waker: EventWaker(wake_fd.clone()) };
@@ -352,7 +353,7 @@ fn run(
     std::thread::Builder::new()
         .name("journal".into())
         .spawn(move || {
-            let why = boot::run(cfg, enroller, hostname, target, link);
+            let why = boot::run(cfg, identity, hostname, target, link);
             say(&format!("PACT: journal thread stopped: {why}"));
         })
         .map_err(|e| format!("journal thread: {e}"))?;
@@ -536,11 +537,11 @@ fn state_name(s: &supervisor::ServiceState) -> &'static str {
 }
 
 /// Starts the API server on `[agent.shell] listen`, or says on the console why it does not run.
-/// With an enroller, the server starts once the node holds a certificate (on a thread of its
+/// With an identity source, the server starts once the node holds a certificate (on a thread of its
 /// own, so the boot does not wait) and presents whatever certificate is current.
 fn start_api(
     cfg: &AgentConfig,
-    enroller: Option<Arc<pact_agent::enroll::Enroller>>,
+    identity: Option<Arc<dyn pact_agent::enroll::IdentitySource>>,
     shared: &Arc<api::Shared>,
     link: boot::Link<EventWaker>,
 ) {
@@ -548,15 +549,23 @@ fn start_api(
         say("PACT: api: not started: [agent.shell] enabled = false");
         return;
     }
-    if let Some(e) = enroller {
+    // The API's decisions go on the journal's record through the agent's own identity.
+    let record = match boot::journal_config(cfg, identity.clone()) {
+        Ok(j) => Some(pact_agent::audit::Recorder::start(j, &cfg.node_id, Arc::new(|l: &str| say(l)))),
+        Err(e) => {
+            say(&format!("PACT: api: decisions are not recorded in the journal: {e}"));
+            None
+        }
+    };
+    if let Some(id) = identity {
         let (cfg, shared) = (cfg.clone(), shared.clone());
         let spawned = std::thread::Builder::new().name("api-start".into()).spawn(move || {
-            let tls = e.ensure(false).and_then(|()| {
-                let cert = pact_agent::enroll::ReloadingCert::new(e.cert.clone(), e.key.clone())?;
-                Arc::new(cert).server_config()
+            let tls = id.ready().and_then(|()| {
+                let (cert, key) = id.cert_files();
+                Arc::new(pact_agent::enroll::ReloadingCert::new(cert, key)?).server_config()
             });
             match tls {
-                Ok(tls) => serve_api(&cfg, tls, &shared, link),
+                Ok(tls) => serve_api(&cfg, tls, &shared, link, record),
                 Err(why) => say(&format!("PACT: api: not started on {}: {why}", cfg.shell_listen)),
             }
         });
@@ -566,7 +575,7 @@ fn start_api(
         return;
     }
     match api::tls_config(cfg) {
-        Ok(tls) => serve_api(cfg, tls, shared, link),
+        Ok(tls) => serve_api(cfg, tls, shared, link, record),
         Err(why) => say(&format!("PACT: api: not started on {}: {why}", cfg.shell_listen)),
     }
 }
@@ -576,6 +585,7 @@ fn serve_api(
     tls: Arc<rustls::ServerConfig>,
     shared: &Arc<api::Shared>,
     link: boot::Link<EventWaker>,
+    record: Option<Arc<pact_agent::audit::Recorder>>,
 ) {
     let auth = api::Auth::from_config(cfg.shell_auth.as_ref());
     let described = auth.describe();
@@ -594,6 +604,7 @@ fn serve_api(
         link,
         limits: api::Limits::default(),
         log: Arc::new(|l: &str| say(l)),
+        record,
     };
     match server.spawn(cfg.shell_listen) {
         Ok(addr) => say(&format!("PACT: api: listening on {addr} (TLS; {described})")),

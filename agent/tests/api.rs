@@ -21,7 +21,7 @@ use pact_proto::{ErrorCode, Method, RemoteError};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
-use support::{cgroup_skip_reason, cmdline, free_port, hostname, Agent, Journal, TempDir, TestCa};
+use support::{cgroup_skip_reason, cmdline, free_port, hostname, poll, Agent, Journal, TempDir, TestCa};
 
 const VC: &str = "apitest";
 const SECRET: &str = "api-test-secret-api-test-secret-0123";
@@ -236,6 +236,22 @@ fn services_are_controlled_and_the_node_powered_off_through_the_api() {
     ] {
         agent.console.wait_for(&want, Duration::from_secs(10));
     }
+    // And on the journal's record, as ADMIN_OPERATION entries on the node, written with the
+    // agent's identity: every action and every refusal, but not the allowed status reads.
+    let wanted = [
+        format!("api: olga pact-ops-{VC} ServiceControl stop api-b -> ok"),
+        format!("api: olga pact-ops-{VC} ServiceControl restart api-a -> ok"),
+        "api: - - ServiceControl stop api-a -> Unauthenticated".to_string(),
+        format!("api: vera pact-viewer-{VC} ServiceControl stop api-a -> PermissionDenied"),
+        "api: sam pact-ops-elsewhere ServiceControl status * -> PermissionDenied".to_string(),
+    ];
+    let node_scope = format!("node:{}", hostname());
+    let log = poll(Duration::from_secs(20), Duration::from_millis(200), || {
+        let text = journal.pact(&["log", "--type", "admin_operation", "--scope", &node_scope, "-n", "100"]);
+        wanted.iter().all(|w| text.contains(w.as_str())).then_some(text)
+    })
+    .unwrap_or_else(|| panic!("the API's decisions are not all in the journal"));
+    assert!(!log.contains("ServiceControl status * -> ok"), "an allowed read was recorded:\n{log}");
 
     // Power-off as ops: answered exit_code 0 once scheduled; as a service, the agent then
     // stops its services and exits 0.

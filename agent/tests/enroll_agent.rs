@@ -78,8 +78,10 @@ hmac_secret = "{secret}"
     )
     .unwrap();
     let mut agent = Agent::start(&cfg, &[]);
+    println!("{}", out.trim());
     let enrolled = agent.console.wait_next("PACT: enrolled as", Duration::from_secs(30));
     assert!(enrolled.contains(NODE), "{enrolled}");
+    println!("agent: {enrolled}");
     agent.console.wait_next(&format!("PACT-READY node={NODE}"), Duration::from_secs(30));
     let mode =
         std::fs::metadata(node.join("agent.key")).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
@@ -89,6 +91,7 @@ hmac_secret = "{secret}"
     assert!(inspect.to_lowercase().contains("active"), "pact node inspect:\n{inspect}");
     let list = journal.pact(&["node", "list"]);
     assert!(list.contains(NODE), "pact node list:\n{list}");
+    println!("$ pact node list\n{list}$ pact node inspect {NODE}\n{inspect}");
 
     // The API serves the enrolled certificate; the CLI verifies it against the cluster CA.
     agent.console.wait_for("PACT: api: listening on", Duration::from_secs(10));
@@ -106,13 +109,15 @@ hmac_secret = "{secret}"
     assert!(line.contains("no journal uses any more"), "{line}");
     let again = agent.console.wait_next("PACT: enrolled as", Duration::from_secs(30));
     assert!(again.contains(NODE), "{again}");
+    println!("after the journal's restart:\nagent: {line}\nagent: {again}");
 
     // Decommissioned: the subscription ends within a keepalive (10 s) and enrollment is refused.
     let out = journal.pact(&["node", "decommission", NODE]);
     assert!(out.contains("decommissioned"), "{out}");
     let refused = agent.console.wait_next("decommissioned", Duration::from_secs(30));
     assert!(refused.contains("client certificate refused"), "{refused}");
-    agent.console.wait_next("no node is registered", Duration::from_secs(30));
+    let inert = agent.console.wait_next("no node is registered", Duration::from_secs(30));
+    println!("after pact node decommission:\nagent: {refused}\nagent: {inert}");
     let inspect = journal.pact(&["node", "inspect", NODE]);
     assert!(inspect.to_lowercase().contains("revoked"), "pact node inspect:\n{inspect}");
 }

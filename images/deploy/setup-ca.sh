@@ -7,9 +7,15 @@
 #   kept (re-running adds hosts; it never replaces the CA under a running cluster).
 # - For each HOST: CERT_DIR/HOST.crt and CERT_DIR/HOST.key (ECDSA P-256, 825 days, names
 #   HOST, localhost, 127.0.0.1), signed by the CA, for server and client use.
+# - The CA certificate (not its key) also goes to $PACT_ETC/ca.crt (default /etc/pact/ca.crt):
+#   the agents' [agent.journal] tls_ca in the guide's agent.toml. Node images carry that file;
+#   agents then enroll for their own certificates (pact enroll NODE --hardware-id ...), which the
+#   journals sign with enrollment CAs certified by this CA.
 # Journals find the CA at /etc/pact/ca/ (or [journal.enrollment] ca_cert/ca_key, or
 # PACT_CA_CERT/PACT_CA_KEY) and make their own node certificates from it at start.
-# Copy the CA directory to every other node, as the guide says.
+# Copy the CA directory to every other management node, as the guide says. Compute nodes need
+# only ca.crt: the CA's key lets whoever holds it mint any certificate, so do not leave ca.key
+# on them.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 CERT_DIR HOST [HOST...]" >&2
@@ -31,6 +37,10 @@ if [ ! -s "$ca_dir/ca.crt" ] || [ ! -s "$ca_dir/ca.key" ]; then
 else
   echo "keeping existing CA: $ca_dir/ca.crt"
 fi
+etc_dir=${PACT_ETC:-/etc/pact}
+mkdir -p "$etc_dir"
+install -m 0644 "$ca_dir/ca.crt" "$etc_dir/ca.crt"
+echo "installed $etc_dir/ca.crt (the agents' tls_ca)"
 for host in "$@"; do
   key="$cert_dir/$host.key"
   crt="$cert_dir/$host.crt"

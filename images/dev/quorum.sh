@@ -19,7 +19,7 @@ if [ ! -x "$bin/pact-journal" ] || [ ! -x "$bin/pact" ]; then
 fi
 work=${PACT_QUORUM_DIR:-$(mktemp -d /tmp/pact-quorum.XXXXXX)}
 mkdir -p "$work"
-PACT_CA_DIR=$work/ca images/deploy/setup-ca.sh "$work/certs" journal-1 journal-2 journal-3 >/dev/null
+PACT_CA_DIR=$work/ca PACT_ETC=$work/etc images/deploy/setup-ca.sh "$work/certs" journal-1 journal-2 journal-3 >/dev/null
 
 export PACT_CA_CERT=$work/ca/ca.crt PACT_CA_KEY=$work/ca/ca.key
 export PACT_OIDC_HMAC_SECRET=${PACT_OIDC_HMAC_SECRET:-$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')}

@@ -71,7 +71,12 @@ pub async fn authenticate(shard: &ShardRef, conn: &Conn, token: &str, method: Me
             Err(crate::enroll::CertRefusal::Refused(why)) => {
                 Err(err(ErrorCode::Unauthenticated, format!("client certificate refused: {why}")))
             }
-            Err(crate::enroll::CertRefusal::NotAgent) => verify_token(shard, token).await,
+            // A certificate that names no agent (a host certificate from setup-ca.sh, say) and
+            // no token: refused as a certificate, so an agent holding one enrolls for its own.
+            Err(crate::enroll::CertRefusal::NotAgent) => Err(err(
+                ErrorCode::Unauthenticated,
+                "client certificate refused: it names no enrolled agent (pact-service-agent/NODE) and the request carries no token",
+            )),
         }
     } else {
         verify_token(shard, token).await
