@@ -6,7 +6,8 @@
 # - The CA goes to $PACT_CA_DIR (default /etc/pact/ca/): ca.crt and ca.key. An existing CA is
 #   kept (re-running adds hosts; it never replaces the CA under a running cluster).
 # - For each HOST: CERT_DIR/HOST.crt and CERT_DIR/HOST.key (ECDSA P-256, 825 days, names
-#   HOST, localhost, 127.0.0.1), signed by the CA, for server and client use.
+#   HOST, localhost, 127.0.0.1), signed by the CA, for server and client use. The HOST that is
+#   this machine also gets them at $PACT_ETC/agent.crt and agent.key (the guide's agent.toml).
 # - The CA certificate (not its key) also goes to $PACT_ETC/ca.crt (default /etc/pact/ca.crt):
 #   the agents' [agent.journal] tls_ca in the guide's agent.toml. Node images carry that file;
 #   agents then enroll for their own certificates (pact enroll NODE --hardware-id ...), which the
@@ -52,4 +53,12 @@ for host in "$@"; do
   rm -f "$ext"
   chmod 0644 "$crt"
   echo "created $crt"
+  # This machine's own certificate also goes where the guide's agent.toml looks for it
+  # ([agent.journal] tls_cert/tls_key): an agent here serves its API (9445) with it. Without a
+  # token such an agent enrolls instead, and replaces these files with what a journal signs.
+  if [ "$host" = "$(hostname -s 2>/dev/null || hostname)" ] || [ "$host" = "$(hostname -f 2>/dev/null || true)" ]; then
+    install -m 0644 "$crt" "$etc_dir/agent.crt"
+    install -m 0600 "$key" "$etc_dir/agent.key"
+    echo "installed $etc_dir/agent.crt and agent.key (this host, $host)"
+  fi
 done

@@ -393,10 +393,33 @@ fn run(cfg: config::JournalConfig, policy: Option<PolicyEngine>) -> Result<(), (
     shared.subscriber_buffer.store(cfg.streaming.subscriber_buffer, std::sync::atomic::Ordering::Relaxed);
     {
         let shared = shared.clone();
+        let (policy_cfg, has_policy) = (cfg.policy.clone(), policy.is_some());
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || loop {
                 let sig = sys::wait_for_signal();
+                if sig == libc::SIGHUP {
+                    // Reload the policies (the files, or the OPA settings); a bad file keeps the
+                    // policies in force. Turning the engine on or off takes a restart.
+                    if !has_policy {
+                        info!("SIGHUP: no policy engine is configured: nothing to reload");
+                        continue;
+                    }
+                    match PolicyEngine::from_config(&policy_cfg) {
+                        Ok(Some(p)) => {
+                            info!("SIGHUP: policies reloaded: {}", p.describe());
+                            if let Ok(mut slot) = shared.policy_reload.lock() {
+                                *slot = Some(p);
+                            }
+                            shared.policy_generation.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(None) => {
+                            warn!("SIGHUP: the configuration turns the policy engine off; that takes a restart")
+                        }
+                        Err(e) => error!("SIGHUP: policies not reloaded, the ones in force stay: {e}"),
+                    }
+                    continue;
+                }
                 info!("signal {sig}: shutting down");
                 shared.shutdown.store(true, Ordering::Relaxed);
             })

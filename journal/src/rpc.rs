@@ -215,6 +215,7 @@ async fn evaluate(
     target: Option<&authz::Target<'_>>,
 ) -> Result<crate::policy::Decision, RemoteError> {
     use crate::policy::{Decision, Input, PolicyEngine};
+    refresh_policy(shard);
     let Some(engine) = &shard.policy else { return Ok(Decision::Allow) };
     let input = Input {
         principal: caller.principal.clone(),
@@ -276,6 +277,20 @@ async fn evaluate(
             Ok(Decision::Allow)
         }
     }
+}
+
+/// Takes the policies a SIGHUP reloaded, once per reload.
+fn refresh_policy(shard: &ShardRef) {
+    let g = shard.shared.policy_generation.load(Ordering::Relaxed);
+    if g == shard.policy_seen.get() {
+        return;
+    }
+    if let (Some(cell), Ok(slot)) = (&shard.policy, shard.shared.policy_reload.lock()) {
+        if let Some(p) = slot.as_ref() {
+            *cell.borrow_mut() = p.clone();
+        }
+    }
+    shard.policy_seen.set(g);
 }
 
 /// One OPA query on a thread of its own (the exchange blocks for up to its timeout; the

@@ -76,6 +76,8 @@ pub struct Shard {
     pub policy_warned: Cell<Option<std::time::Instant>>,
     /// This journal's enrollment CA (None: enrollment unavailable), shared by its shards.
     pub authority: Option<Arc<crate::enroll::Authority>>,
+    /// The `Shared::policy_generation` this shard's policy copy is from.
+    pub policy_seen: Cell<u64>,
     pending: RefCell<HashMap<u64, LocalSender<Outcome>>>,
     next_proposal: Cell<u64>,
 }
@@ -100,6 +102,7 @@ impl Shard {
             opa_in_flight: Cell::new(0),
             policy_warned: Cell::new(None),
             authority: None,
+            policy_seen: Cell::new(0),
             pending: RefCell::new(HashMap::new()),
             next_proposal: Cell::new(1),
         }

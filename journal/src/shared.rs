@@ -8,6 +8,10 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct Shared {
     pub node_id: u64,
+    /// Policies reloaded on SIGHUP (main's signal thread); each shard takes its own copy when
+    /// `policy_generation` moves (`rpc::refresh_policy`).
+    pub policy_reload: std::sync::Mutex<Option<crate::policy::PolicyEngine>>,
+    pub policy_generation: std::sync::atomic::AtomicU64,
     pub shutdown: AtomicBool,
     /// Set when the raft driver stopped on an error (exit code 1 instead of 0).
     pub failed: AtomicBool,

@@ -280,3 +280,130 @@ fn enrollment_mutual_tls_revocation_and_ca_rotation() {
         "enrollment methods",
     );
 }
+
+/// `images/deploy/setup-ca.sh` (Step 1 of the guide) lays out the cluster CA and the agents'
+/// `ca.crt`; a journal configured with that CA (`[journal.enrollment] ca_cert`/`ca_key`)
+/// certifies its enrollment CA with it, and a node it enrolls authenticates by certificate.
+#[test]
+fn a_cluster_ca_from_setup_ca_sh_enrolls_nodes() {
+    if std::process::Command::new("openssl").arg("version").output().is_err() {
+        assert!(std::env::var("CI").is_err(), "openssl is missing (CI installs it)");
+        println!("skipped: no openssl (setup-ca.sh needs it)");
+        return;
+    }
+    let d = common::temp_dir("setup-ca");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/deploy/setup-ca.sh");
+    let out = std::process::Command::new(&script)
+        .arg(d.join("certs"))
+        .arg("mgmt-1")
+        .env("PACT_CA_DIR", d.join("ca"))
+        .env("PACT_ETC", d.join("etc"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "setup-ca.sh: {}", String::from_utf8_lossy(&out.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: PathBuf| std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(d.join("ca/ca.key")), 0o600);
+    assert_eq!(mode(d.join("ca/ca.crt")), 0o644);
+    assert_eq!(std::fs::read(d.join("etc/ca.crt")).unwrap(), std::fs::read(d.join("ca/ca.crt")).unwrap());
+    assert!(d.join("certs/mgmt-1.crt").is_file() && mode(d.join("certs/mgmt-1.key")) == 0o600);
+    let toml = d.join("journal.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[journal.enrollment]\nca_cert = \"{}\"\nca_key = \"{}\"\n",
+            d.join("ca/ca.crt").display(),
+            d.join("ca/ca.key").display()
+        ),
+    )
+    .unwrap();
+    let j = Journal::start_with("enroll-setup-ca", &["--config", toml.to_str().unwrap()]);
+    assert_eq!(std::fs::read(j.ca()).unwrap(), std::fs::read(d.join("ca/ca.crt")).unwrap(), "the cluster CA");
+    let mut admin = client_as(&j, "alice", "pact-platform-admin");
+    register(&mut admin, "n7", hw("52:54:00:77:77:77", UUID)).expect("register");
+    let k = identity::new_key_and_csr("n7").unwrap();
+    let e = enroll(&j, hw("52:54:00:77:77:77", UUID), &k.csr_der).expect("enroll under the setup-ca.sh CA");
+    assert_eq!(e.ca_chain_pem, std::fs::read_to_string(d.join("ca/ca.crt")).unwrap());
+    let c = save(&d, "n7", &k.key_pem, &e.signed_cert_pem);
+    // Verified against the agents' copy of the CA, as a node would.
+    let tls = pact_proto::tls::mtls_client_config(&c.cert, &c.key, &d.join("etc/ca.crt")).unwrap();
+    let mut agent = Client::connect(&j.endpoint(), tls, "", Duration::from_secs(10)).unwrap();
+    set_state(&mut agent, "n7").expect("the certificate authenticates the node");
+}
+
+/// Bad input on the one unauthenticated method: bodies that are not an EnrollRequest, CSRs
+/// with random bytes changed, an oversized CSR, no hardware identity. Every answer is a clear
+/// refusal (never Internal, never a certificate), and the journal keeps serving. The rate
+/// limit is raised so that the parsing, not the limiter, answers.
+#[test]
+fn mangled_enrollment_requests_are_refused() {
+    let d = common::temp_dir("enroll-fuzz");
+    let toml = d.join("journal.toml");
+    std::fs::write(&toml, "[journal.enrollment]\nrate_limit_per_minute = 6000000\n").unwrap();
+    let j = Journal::start_with("enroll-fuzz", &["--config", toml.to_str().unwrap()]);
+    let mut admin = client_as(&j, "alice", "pact-platform-admin");
+    register(&mut admin, "f1", hw(MAC, UUID)).unwrap();
+    let k = identity::new_key_and_csr("f1").unwrap();
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut c = Client::connect(&j.endpoint(), j.tls(), "", Duration::from_secs(10)).unwrap();
+    let mut codes = std::collections::BTreeMap::new();
+    let mut signed: Option<EnrollResponse> = None;
+    for i in 0..400 {
+        let mut csr = k.csr_der.clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() as usize) % csr.len();
+            csr[at] ^= 1 << (next() % 8);
+        }
+        if i % 50 == 0 {
+            csr.truncate((next() as usize) % csr.len());
+        }
+        let req = EnrollRequest { hardware_identity: Some(hw(MAC, UUID)), csr, node_id: String::new() };
+        match c.call::<_, EnrollResponse>(Method::Enroll, &req) {
+            Err(CallError::Remote(e)) => *codes.entry(format!("{:?}", e.code)).or_insert(0) += 1,
+            Err(e) => panic!("mangled CSR {i}: {e}"),
+            // DER has bytes no signature covers (a BIT STRING's unused-bits count, say): a
+            // change there leaves the same signed request for the same key, which may be
+            // signed once; the same key again is then a replay.
+            Ok(r) => {
+                assert!(signed.is_none(), "a second certificate ({}) for one key", r.cert_serial);
+                signed = Some(r);
+            }
+        }
+    }
+    let kinds: Vec<String> = codes.keys().cloned().collect();
+    assert!(kinds.iter().all(|k| k == "InvalidArgument" || k == "PermissionDenied"), "{codes:?}");
+    assert!(codes.get("InvalidArgument").copied().unwrap_or(0) > 300, "{codes:?}");
+    if let Some(r) = &signed {
+        // Certified for the node's own key: usable with it.
+        let cert = save(&d, "mangled", &k.key_pem, &r.signed_cert_pem);
+        set_state(&mut mtls(&j, &cert).unwrap(), "f1").expect("the certificate is for the node's own key");
+        // The same key again, in its untouched CSR: a replay.
+        refused(enroll(&j, hw(MAC, UUID), &k.csr_der), "replayed CSR");
+    }
+    // Raw bodies that are not an EnrollRequest at all.
+    for n in [1usize, 7, 64, 1000] {
+        let body: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+        match c.call_raw(Method::Enroll, body) {
+            Err(CallError::Remote(e)) => assert!(
+                matches!(e.code, pact_proto::ErrorCode::InvalidArgument | pact_proto::ErrorCode::NotFound),
+                "{n} random bytes: {e:?}"
+            ),
+            other => panic!("{n} random bytes: {other:?}"),
+        }
+    }
+    let big =
+        EnrollRequest { hardware_identity: Some(hw(MAC, UUID)), csr: vec![0x30; 64 * 1024], node_id: String::new() };
+    refused(c.call::<_, EnrollResponse>(Method::Enroll, &big), "at most 8192");
+    let none = EnrollRequest { hardware_identity: None, csr: k.csr_der.clone(), node_id: String::new() };
+    refused(c.call::<_, EnrollResponse>(Method::Enroll, &none), "hardware_identity is missing");
+    // Still serving: a new key enrolls.
+    let fresh = identity::new_key_and_csr("f1").unwrap();
+    let e = enroll(&j, hw(MAC, UUID), &fresh.csr_der).expect("a fresh CSR enrolls");
+    assert_eq!(e.node_id, "f1");
+}

@@ -247,3 +247,51 @@ fn an_opa_answer_decides() {
     list(&mut admin, Some(vc("ml"))).expect("reads are allowed");
     recorded(&mut admin, "dev-admin", "denied by policy: opa: no writes today");
 }
+
+/// SIGHUP reloads the policies without a restart: a rule removed from the file stops refusing;
+/// a file that does not parse leaves the policies in force (and says why); the journal keeps
+/// serving throughout.
+#[test]
+fn sighup_reloads_the_policies_and_a_bad_file_keeps_the_old_ones() {
+    let dir = temp_dir("policy-sighup");
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join("pact.rego"), POLICY).unwrap();
+    let cfg = config(&dir, &format!("type = \"rego\"\npolicy_dir = \"{}\"", path_str(&policies)));
+    let j = Journal::start_with("policy-sighup", &["--config", &path_str(&cfg)]);
+    let mut alice = client_as(&j, "alice", "pact-ops-secret");
+    refused(append(&mut alice, entry(vc("secret"), "before")), 3, "vc:secret is written by platform admins only");
+
+    let hup = |j: &Journal| {
+        let pid = j.child.as_ref().unwrap().id();
+        let st = std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+        assert!(st.success());
+    };
+    let wait_log = |j: &Journal, what: &str, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while j.log_text().matches(what).count() < n {
+            assert!(Instant::now() < deadline, "no {what:?} (x{n}) in the log:\n{}", j.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // The rule for vc:secret removed: after SIGHUP, alice writes there.
+    std::fs::write(
+        policies.join("pact.rego"),
+        POLICY.replace("input.vcluster == \"secret\"", "input.vcluster == \"none\""),
+    )
+    .unwrap();
+    hup(&j);
+    wait_log(&j, "SIGHUP: policies reloaded", 1);
+    append(&mut alice, entry(vc("secret"), "after")).expect("the rule is gone");
+
+    // A broken file: not reloaded, the previous policies stay, the journal serves on.
+    std::fs::write(policies.join("pact.rego"), "package pact\n\nallow := if {\n").unwrap();
+    hup(&j);
+    wait_log(&j, "SIGHUP: policies not reloaded", 1);
+    assert!(j.log_text().contains("pact.rego:3"), "{}", j.log_text());
+    append(&mut alice, entry(vc("secret"), "still")).expect("the policies in force stay");
+    assert!(j.child.as_ref().is_some(), "the journal is still running");
+    let mut admin = j.client();
+    let all = list(&mut admin, Some(vc("secret"))).unwrap();
+    assert!(all.iter().any(|e| e.policy_ref == "still"));
+}

@@ -189,12 +189,18 @@ impl Client {
         method: Method,
         req: &Req,
     ) -> Result<Resp, CallError> {
-        let id = self.send(method, req.encode_to_vec())?;
+        let body = self.call_raw(method, req.encode_to_vec())?;
+        Resp::decode(&body[..]).map_err(|e| CallError::Protocol(format!("{} response: {e}", method.name())))
+    }
+
+    /// A unary call with a body given as bytes (tests of bad input); the answer's body.
+    pub fn call_raw(&mut self, method: Method, body: Vec<u8>) -> Result<Vec<u8>, CallError> {
+        let id = self.send(method, body)?;
         let f = self.read(id)?;
         if f.kind != FrameKind::Response {
             return Err(CallError::Protocol(format!("expected a response, got {:?}", f.kind)));
         }
-        Resp::decode(&f.body[..]).map_err(|e| CallError::Protocol(format!("{} response: {e}", method.name())))
+        Ok(f.body)
     }
 
     /// Starts a server-streaming call. Read its items with `next_item` until it returns None;
