@@ -297,11 +297,15 @@ async fn renew(shard: &ShardRef, conn: &Conn, body: &[u8], caller: &Caller) -> R
     Ok(Reply::One(out.encode_to_vec()))
 }
 
-async fn register(
+/// What one registration comes to, checked against the store and against `claimed` (the
+/// hardware keys earlier registrations of the same batch take): the entry to record, or None
+/// when the same registration is already there.
+fn prepare_register(
     shard: &ShardRef,
     caller: &Caller,
     mut r: RegisterNodeRequest,
-) -> Result<RegisterNodeResponse, RemoteError> {
+    claimed: &mut std::collections::HashMap<String, String>,
+) -> Result<(RegisterNodeResponse, Option<pact_proto::config::ConfigEntry>), RemoteError> {
     let bad = |m: String| err(ErrorCode::InvalidArgument, m);
     crate::state::validate_id(&r.node_id, "node id").map_err(bad)?;
     let hw = r.hardware_identity.as_mut().ok_or_else(|| bad("hardware_identity is missing".into()))?;
@@ -313,22 +317,24 @@ async fn register(
     if !hw.mac_address.is_empty() && !hw.mac_addresses.contains(&hw.mac_address) {
         hw.mac_addresses.insert(0, hw.mac_address.clone());
     }
-    shard.wait_stored().await?;
     let existing = read_record(shard, &r.node_id)?;
+    let keys = enroll::hardware_keys(hw);
     {
         let txn = shard.store.read_txn().map_err(internal)?;
-        for k in enroll::hardware_keys(hw) {
-            if let Some(owner) = shard.store.hardware_owner(&txn, &k).map_err(internal)? {
-                if owner != r.node_id {
-                    return Err(err(ErrorCode::Conflict, format!("{k} is already registered to node {owner}")));
-                }
+        for k in &keys {
+            let owner = match claimed.get(k) {
+                Some(o) => Some(o.clone()),
+                None => shard.store.hardware_owner(&txn, k).map_err(internal)?,
+            };
+            if let Some(owner) = owner.filter(|o| *o != r.node_id) {
+                return Err(err(ErrorCode::Conflict, format!("{k} is already registered to node {owner}")));
             }
         }
     }
     if let Some(e) = existing.filter(|e| e.enrollment_state != EnrollmentState::Revoked as i32) {
         if e.hardware_identity.as_ref() == Some(&*hw) {
             // The same registration again (a re-run import): nothing to record.
-            return Ok(RegisterNodeResponse { node_id: r.node_id, enrollment_state: e.enrollment_state });
+            return Ok((RegisterNodeResponse { node_id: r.node_id, enrollment_state: e.enrollment_state }, None));
         }
         return Err(err(
             ErrorCode::Conflict,
@@ -338,13 +344,34 @@ async fn register(
             ),
         ));
     }
+    if claimed.values().any(|n| *n == r.node_id) {
+        return Err(err(ErrorCode::Conflict, format!("node {} is twice in this batch", r.node_id)));
+    }
+    for k in &keys {
+        claimed.insert(k.clone(), r.node_id.clone());
+    }
     let node = r.node_id.clone();
-    let why = format!("registered {}", enroll::hardware_keys(hw).join(" "));
+    let why = format!("registered {}", keys.join(" "));
     let entry = enroll::entry(EntryType::NodeEnrolled, &node, identity_of(caller), Event::Register(r), why);
     crate::state::validate_entry(&entry).map_err(bad)?;
-    appended(shard.propose(command::Op::AppendEntry(entry)).await?)?;
-    Ok(RegisterNodeResponse { node_id: node, enrollment_state: EnrollmentState::Registered as i32 })
+    Ok((RegisterNodeResponse { node_id: node, enrollment_state: EnrollmentState::Registered as i32 }, Some(entry)))
 }
+
+async fn register(
+    shard: &ShardRef,
+    caller: &Caller,
+    r: RegisterNodeRequest,
+) -> Result<RegisterNodeResponse, RemoteError> {
+    shard.wait_stored().await?;
+    let (answer, entry) = prepare_register(shard, caller, r, &mut Default::default())?;
+    if let Some(entry) = entry {
+        appended(shard.propose(command::Op::AppendEntry(entry)).await?)?;
+    }
+    Ok(answer)
+}
+
+/// Registrations of one batch proposed at once, at most this many in flight.
+const BATCH_IN_FLIGHT: usize = 256;
 
 async fn batch(shard: &ShardRef, caller: &Caller, body: &[u8]) -> Result<Reply, RemoteError> {
     let r: BatchRegisterNodesRequest = decode(Method::BatchRegisterNodes, body)?;
@@ -354,32 +381,56 @@ async fn batch(shard: &ShardRef, caller: &Caller, body: &[u8]) -> Result<Reply, 
             format!("{} nodes in one batch; at most {}", r.nodes.len(), enroll::MAX_BATCH),
         ));
     }
-    let mut out = BatchRegisterNodesResponse::default();
-    // One after another: each sees the ones before it (two rows with one MAC conflict).
+    shard.wait_stored().await?;
+    // Every row is checked first, against the store and the rows before it (two rows with one
+    // MAC conflict); then the accepted ones are proposed together, so raft batches them.
+    let mut claimed = std::collections::HashMap::new();
+    let mut results: Vec<BatchNodeResult> = Vec::with_capacity(r.nodes.len());
+    let mut pending: Vec<(usize, pact_proto::config::ConfigEntry)> = Vec::new();
     for n in r.nodes {
         let id = n.node_id.clone();
-        match register(shard, caller, n).await {
-            Ok(ok) => {
-                out.succeeded += 1;
-                out.results.push(BatchNodeResult {
+        match prepare_register(shard, caller, n, &mut claimed) {
+            Ok((ok, entry)) => {
+                if let Some(e) = entry {
+                    pending.push((results.len(), e));
+                }
+                results.push(BatchNodeResult {
                     node_id: id,
                     success: true,
                     enrollment_state: ok.enrollment_state,
                     error: None,
                 });
             }
-            Err(e) if e.code == ErrorCode::Unavailable => return Err(e),
-            Err(e) => {
-                out.failed += 1;
-                out.results.push(BatchNodeResult {
-                    node_id: id,
-                    success: false,
-                    enrollment_state: 0,
-                    error: Some(e.message),
-                });
+            Err(e) => results.push(BatchNodeResult {
+                node_id: id,
+                success: false,
+                enrollment_state: 0,
+                error: Some(e.message),
+            }),
+        }
+    }
+    for chunk in pending.chunks(BATCH_IN_FLIGHT) {
+        let tasks: Vec<_> = chunk
+            .iter()
+            .map(|(i, e)| {
+                let (s, e, i) = (shard.clone(), e.clone(), *i);
+                glommio::spawn_local(async move { (i, s.propose(command::Op::AppendEntry(e)).await) })
+            })
+            .collect();
+        for t in tasks {
+            let (i, r) = t.await;
+            if let Err(e) = r.and_then(appended) {
+                if e.code == ErrorCode::Unavailable {
+                    return Err(e);
+                }
+                results[i].success = false;
+                results[i].enrollment_state = 0;
+                results[i].error = Some(e.message);
             }
         }
     }
+    let succeeded = results.iter().filter(|r| r.success).count() as u32;
+    let out = BatchRegisterNodesResponse { failed: results.len() as u32 - succeeded, succeeded, results };
     Ok(Reply::One(out.encode_to_vec()))
 }
 

@@ -7,6 +7,7 @@ mod agent;
 mod boot_payload;
 mod boot_storm;
 mod commit;
+mod enroll;
 mod etcd;
 mod journal_proc;
 mod nginx;
@@ -41,6 +42,14 @@ BENCHMARKS:
                       --json FILE (default DIR/commit.json)
                       --baseline etcd|none (default etcd when `etcd` is on PATH)
              Needs openssl on PATH with --nodes 3 (the run's cluster CA).
+  enroll     N nodes registered (BatchRegisterNodes), then each enrolls as an agent does (a new
+             TLS connection, no credentials, its hardware identity and a CSR made beforehand),
+             C at a time, against one --dev journal whose enrollment rate limit is raised out
+             of the way. Reports registrations/s, enrollments/s, latency p50/p99/p999 and the
+             journal's CPU per enrollment. Baselines, same run: plain 1 KiB appends, each on a
+             new connection, same C; and the journal's signing code alone in this process.
+             Options: --nodes N (default 10000)  --concurrency C (default 256)
+                      --cores N (journal cores, default all)  --journal PATH  --dir DIR
   boot-storm N simulated nodes boot, C at a time, each on its OWN new TLS connection to a
              journal's client port: pact hello, one StreamBootConfig, the whole stream read
              (overlay chunks, its node delta, ConfigComplete), SHA-256 of the reassembled
@@ -102,6 +111,7 @@ fn main() -> ExitCode {
         Some("commit") => commit::run(rest),
         Some("agent") => agent::run(rest),
         Some("boot-storm") => boot_storm::run(rest),
+        Some("enroll") => enroll::run(rest),
         Some("-h") | Some("--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
