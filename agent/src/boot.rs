@@ -203,6 +203,36 @@ fn report<W: Wake>(link: &Link<W>, results: &[ItemResult]) {
     }
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// How old an approved power order may be and still be carried out.
+pub const POWER_ORDER_MAX_AGE_S: i64 = 600;
+
+/// An approved reboot or power-off, from the subscription. Carried out only if it was approved
+/// after this agent started and less than `POWER_ORDER_MAX_AGE_S` ago: a subscription that
+/// resumes from an earlier sequence (after the reboot the order caused, say) replays old
+/// orders, and those must not power the node down again. (Node and journal clocks are
+/// assumed to agree within seconds, as NTP/PTP keeps them.)
+fn power_order<W: Wake>(link: &Link<W>, o: &pact_proto::stream::PowerOrder, started_unix: i64) {
+    let at = o.approved_at.map(|t| t.seconds).unwrap_or(0);
+    let what =
+        format!("{} approved by {} (requested by {}) at {at}: {:?}", o.action, o.approved_by, o.requested_by, o.reason);
+    let action = match o.action.as_str() {
+        "reboot" => crate::init::PowerAction::Reboot,
+        "poweroff" => crate::init::PowerAction::PowerOff,
+        other => return link.log(format!("PACT: power order {other:?} is not reboot or poweroff; ignored")),
+    };
+    if at < started_unix || at < unix_now() - POWER_ORDER_MAX_AGE_S {
+        return link.log(format!("PACT: power order {what}: from before this agent started; not carried out"));
+    }
+    link.log(format!("PACT: power order {what}: carrying it out"));
+    let (done, answered) = std::sync::mpsc::sync_channel(0);
+    drop(done);
+    link.send(Msg::Power { action, reason: format!("approved {}: {}", o.action, o.reason), answered });
+}
+
 /// The journal thread's whole life: boot, then follow changes. Returns only if the
 /// configuration makes talking to a journal impossible (the error says why).
 /// `hostname`: what to set the node's hostname to (None: leave it, as an agent that is not
@@ -220,6 +250,7 @@ pub fn run<W: Wake>(
     };
     let cache = cache_path(&cfg);
     let started = Instant::now();
+    let started_unix = unix_now();
 
     // First rounds with a limit, so a cached config can take over if no journal answers.
     let mut first = jcfg.clone();
@@ -315,9 +346,12 @@ pub fn run<W: Wake>(
         let mut sub = subscriber.subscribe(from);
         loop {
             match sub.next_event() {
-                Ok(Event::Update(u)) => {
-                    refetch(&mut current, &mut fetch, &format!("update at sequence {}", u.sequence))
-                }
+                Ok(Event::Update(u)) => match &u.update {
+                    Some(pact_proto::stream::config_update::Update::PowerOrder(o)) => {
+                        power_order(&link, o, started_unix)
+                    }
+                    _ => refetch(&mut current, &mut fetch, &format!("update at sequence {}", u.sequence)),
+                },
                 Ok(Event::Resync { reason, resume_from }) => {
                     link.log(format!("PACT: resync ({reason}); refetching"));
                     refetch(&mut current, &mut fetch, "resync");

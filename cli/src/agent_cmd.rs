@@ -427,7 +427,7 @@ pub fn power(c: &PowerCommand, s: &Settings) -> Result<String, Failure> {
         // Held for two-person approval: nothing is recorded yet, so the node is not asked.
         let id = &recorded.pending_approval_id;
         return Ok(format!(
-            "pending approval {id}: {what} waits for a second person (`pact approve accept {id}`); the node was not asked\n"
+            "pending approval {id}: {what} waits for a second person (`pact approve accept {id}`); the node was not asked: the journal sends it the order once approved\n"
         ));
     }
     let after =

@@ -213,6 +213,15 @@ pub fn update_json(u: &ConfigUpdate) -> Option<UpdateJson> {
             resume_from: Some(r.resume_from),
             ..base
         },
+        Update::PowerOrder(p) => UpdateJson {
+            kind: "POWER_ORDER".into(),
+            node_id: Some(p.node_id.clone()),
+            reason: Some(format!(
+                "{} approved by {} (requested by {}): {}",
+                p.action, p.approved_by, p.requested_by, p.reason
+            )),
+            ..base
+        },
     })
 }
 
@@ -237,6 +246,10 @@ pub fn update_text(j: &UpdateJson) -> String {
         }
     };
     match j.kind.as_str() {
+        "POWER_ORDER" => {
+            add("node", j.node_id.clone());
+            add("order", j.reason.clone());
+        }
         "RESYNC" => {
             add("resume_from", j.resume_from.map(|n| n.to_string()));
             // Last: a reason is free text.

@@ -34,7 +34,7 @@ use pact_proto::journal::{NodeRecord, OverlayRecord};
 use pact_proto::policy::VClusterPolicy;
 use pact_proto::stream::{
     config_chunk, config_update, BlacklistChanged, BootConfigRequest, ConfigChunk, ConfigComplete, ConfigUpdate,
-    NodeDelta, NodeDeltaChanged, OverlayChanged, OverlayChunk, PolicyChanged, Resync, SubscribeRequest,
+    NodeDelta, NodeDeltaChanged, OverlayChanged, OverlayChunk, PolicyChanged, PowerOrder, Resync, SubscribeRequest,
 };
 use pact_proto::wire::Request;
 use pact_proto::{ErrorCode, Method, RemoteError};
@@ -403,6 +403,33 @@ enum Topic {
 
 /// The updates entry `e` produced, read from the declared state's history (so catching up
 /// from LMDB and the live feed give the same answer).
+/// The power order an entry carries for its node: an ADMIN_OPERATION `reboot: REASON` or
+/// `poweroff: REASON` (what `pact reboot|poweroff` records) that a second person approved (the
+/// entry an approval executed carries the approval record). Unapproved ones are not orders:
+/// the CLI asks the agent itself, after recording them.
+fn power_order(node: &str, e: &ConfigEntry) -> Option<PowerOrder> {
+    use prost::Message as _;
+    if e.entry_type != EntryType::AdminOperation as i32 || e.approval.is_empty() {
+        return None;
+    }
+    let a = pact_proto::policy::PendingApproval::decode(&e.approval[..]).ok()?;
+    if a.status != pact_proto::policy::ApprovalStatus::Approved as i32 {
+        return None;
+    }
+    let (action, reason) = e.policy_ref.split_once(": ").unwrap_or((e.policy_ref.as_str(), ""));
+    if !matches!(action, "reboot" | "poweroff") {
+        return None;
+    }
+    Some(PowerOrder {
+        node_id: node.to_string(),
+        action: action.to_string(),
+        reason: reason.to_string(),
+        requested_by: a.requester.map(|i| i.principal).unwrap_or_default(),
+        approved_by: a.approver.map(|i| i.principal).unwrap_or_default(),
+        approved_at: e.timestamp,
+    })
+}
+
 fn updates_for(shard: &ShardRef, txn: &RoTxn, e: &ConfigEntry) -> Result<Vec<(Topic, ConfigUpdate)>, RemoteError> {
     let store = &shard.store;
     let seq = e.sequence;
@@ -440,6 +467,14 @@ fn updates_for(shard: &ShardRef, txn: &RoTxn, e: &ConfigEntry) -> Result<Vec<(To
             }
         }
         Some(Target::NodeId(node)) => {
+            if let Some(order) = power_order(node, e) {
+                let assigned = store.get_node_record(txn, node).map_err(internal)?.map(|r| r.assigned_vcluster);
+                out.push((
+                    Topic::Node { node: node.clone(), assigned: assigned.unwrap_or_default() },
+                    update(config_update::Update::PowerOrder(order)),
+                ));
+                return Ok(out);
+            }
             let Some(rec) = store.node_record_at(txn, node, seq).map_err(internal)?.filter(|r| r.version == seq) else {
                 return Ok(out);
             };

@@ -171,7 +171,7 @@ pub struct ConfigUpdate {
     pub sequence: u64,
     #[prost(message, optional, tag = "2")]
     pub timestamp: ::core::option::Option<super::config::Timestamp>,
-    #[prost(oneof = "config_update::Update", tags = "3, 4, 5, 6, 7")]
+    #[prost(oneof = "config_update::Update", tags = "3, 4, 5, 6, 7, 8")]
     pub update: ::core::option::Option<config_update::Update>,
 }
 /// Nested message and enum types in `ConfigUpdate`.
@@ -188,5 +188,28 @@ pub mod config_update {
         BlacklistChange(super::BlacklistChanged),
         #[prost(message, tag = "7")]
         Resync(super::Resync),
+        #[prost(message, tag = "8")]
+        PowerOrder(super::PowerOrder),
     }
+}
+/// A reboot or power-off that two people approved (`pact reboot|poweroff` on a node of a
+/// vCluster that asks for two-person approval, then `pact approve accept`): the approved
+/// ADMIN_OPERATION entry, delivered to the node, which carries it out (see agent/src/boot.rs
+/// for how a stale order is told apart).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PowerOrder {
+    #[prost(string, tag = "1")]
+    pub node_id: ::prost::alloc::string::String,
+    /// "reboot" or "poweroff".
+    #[prost(string, tag = "2")]
+    pub action: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub reason: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub requested_by: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub approved_by: ::prost::alloc::string::String,
+    /// When the approval executed it (the entry's timestamp).
+    #[prost(message, optional, tag = "6")]
+    pub approved_at: ::core::option::Option<super::config::Timestamp>,
 }
