@@ -135,10 +135,10 @@ impl Enroller {
         identity::cert_validity(&pem).ok()
     }
 
-    /// The client TLS configuration with the current certificate, enrolling first when there
-    /// is none or it expired.
+    /// The client TLS configuration with the current certificate, after one round of
+    /// enrollment attempts when there is none or it expired.
     pub fn tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
-        self.ensure(false)?;
+        self.enroll_round(false)?;
         pact_proto::tls::mtls_client_config(&self.cert, &self.key, &self.ca).map_err(|e| e.to_string())
     }
 
@@ -146,42 +146,60 @@ impl Enroller {
     /// or `force` (a journal refused it). Blocks, retrying every journal with capped backoff,
     /// until one signs.
     pub fn ensure(&self, force: bool) -> Result<(), String> {
+        let mut pause = Duration::from_secs(1);
+        let mut force = force;
+        loop {
+            match self.enroll_round(force) {
+                Ok(()) => return Ok(()),
+                Err(e) if self.endpoints.is_empty() => return Err(e),
+                Err(_) => {}
+            }
+            // A certificate another thread got meanwhile counts.
+            force = false;
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(ENROLL_BACKOFF_MAX);
+        }
+    }
+
+    /// One round over the journals (none when a current certificate is on disk and not
+    /// `force`). The journal client calls this before each connection, so its own retries,
+    /// backoff and cached-config fallback apply.
+    pub fn enroll_round(&self, force: bool) -> Result<(), String> {
         let _g = self.busy.lock().map_err(|_| "enrollment lock poisoned".to_string())?;
-        if !force && self.validity().is_some_and(|(_, after)| after > now() + 60) {
+        // Usable while more than a minute (a tenth of a short lifetime) is left.
+        if !force && self.validity().is_some_and(|(before, after)| after > now() + ((after - before) / 10).min(60)) {
             return Ok(());
         }
         if self.endpoints.is_empty() {
             return Err("no journal endpoints to enroll with ([agent.journal] endpoints)".into());
         }
-        let mut pause = Duration::from_secs(1);
-        loop {
-            for ep in &self.endpoints {
-                match self.enroll_with(ep) {
-                    Ok(r) => {
-                        (self.log)(&format!(
-                            "PACT: enrolled as {} with {ep}: certificate {} (expires {}){}",
-                            r.node_id,
-                            r.cert_serial,
-                            r.cert_expires_at.map(|t| t.seconds).unwrap_or_default(),
-                            if r.vcluster_id.is_empty() {
-                                ", no vCluster yet".to_string()
-                            } else {
-                                format!(", vCluster {}", r.vcluster_id)
-                            }
-                        ));
-                        return Ok(());
-                    }
-                    Err((e, retry_after)) => {
-                        (self.log)(&format!("PACT: enrollment with {ep}: {e}"));
-                        if let Some(ms) = retry_after {
-                            std::thread::sleep(Duration::from_millis(u64::from(ms)));
+        let mut last = String::new();
+        for ep in &self.endpoints {
+            match self.enroll_with(ep) {
+                Ok(r) => {
+                    (self.log)(&format!(
+                        "PACT: enrolled as {} with {ep}: certificate {} (expires {}){}",
+                        r.node_id,
+                        r.cert_serial,
+                        r.cert_expires_at.map(|t| t.seconds).unwrap_or_default(),
+                        if r.vcluster_id.is_empty() {
+                            ", no vCluster yet".to_string()
+                        } else {
+                            format!(", vCluster {}", r.vcluster_id)
                         }
+                    ));
+                    return Ok(());
+                }
+                Err((e, retry_after)) => {
+                    (self.log)(&format!("PACT: enrollment with {ep}: {e}"));
+                    if let Some(ms) = retry_after {
+                        std::thread::sleep(Duration::from_millis(u64::from(ms)));
                     }
+                    last = format!("{ep}: {e}");
                 }
             }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(ENROLL_BACKOFF_MAX);
         }
+        Err(format!("no journal signed a certificate (last: {last})"))
     }
 
     /// One enrollment attempt: Err carries the message and, when the journal asked, how long

@@ -277,13 +277,80 @@ pub fn new_key_and_csr(node_id: &str) -> Result<KeyAndCsr, String> {
 
 /// (not_before, not_after) as Unix seconds, of the first certificate in a PEM file's content.
 pub fn cert_validity(pem: &str) -> Result<(i64, i64), String> {
-    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
-    const END: &str = "-----END CERTIFICATE-----";
-    let start = pem.find(BEGIN).ok_or("no certificate in the PEM")?;
-    let len = pem[start..].find(END).ok_or("unterminated certificate in the PEM")? + END.len();
-    let params = rcgen::CertificateParams::from_ca_cert_pem(&pem[start..start + len])
-        .map_err(|e| format!("parsing the certificate: {e}"))?;
-    Ok((params.not_before.unix_timestamp(), params.not_after.unix_timestamp()))
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or("no certificate in the PEM")?
+        .map_err(|e| format!("certificate PEM: {e:?}"))?;
+    der_validity(&der).ok_or_else(|| "the certificate's DER has no readable validity".to_string())
+}
+
+/// One DER TLV: (tag, content, what follows). Lengths up to 4 bytes; anything else is None.
+fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        (rest[..n].iter().fold(0usize, |a, &x| (a << 8) | usize::from(x)), &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// notBefore and notAfter of a certificate (RFC 5280: Certificate → tbsCertificate →
+/// [version], serialNumber, signature, issuer, validity), as Unix seconds. A reader of its own
+/// rather than an X.509 library: the agent needs these two dates and nothing else from it.
+fn der_validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (0x30, cert, _) = tlv(der)? else { return None };
+    let (0x30, mut tbs, _) = tlv(cert)? else { return None };
+    if tbs.first() == Some(&0xa0) {
+        tbs = tlv(tbs)?.2; // version
+    }
+    for want in [0x02, 0x30, 0x30] {
+        let (tag, _, rest) = tlv(tbs)?; // serial, signature algorithm, issuer
+        if tag != want {
+            return None;
+        }
+        tbs = rest;
+    }
+    let (0x30, validity, _) = tlv(tbs)? else { return None };
+    let (t1, nb, rest) = tlv(validity)?;
+    let (t2, na, _) = tlv(rest)?;
+    Some((der_time(t1, nb)?, der_time(t2, na)?))
+}
+
+/// UTCTime (tag 0x17, `YYMMDDHHMMSSZ`, years 1950-2049) or GeneralizedTime (0x18,
+/// `YYYYMMDDHHMMSSZ`), as RFC 5280 requires them, to Unix seconds.
+fn der_time(tag: u8, v: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(v).ok()?.strip_suffix('Z')?;
+    if !s.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let (year, rest) = match (tag, s.len()) {
+        (0x17, 12) => {
+            let yy: i64 = s[..2].parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &s[2..])
+        }
+        (0x18, 14) => (s[..4].parse().ok()?, &s[4..]),
+        _ => return None,
+    };
+    let n = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
+    let (mo, d, h, mi, se) = (n(0)?, n(2)?, n(4)?, n(6)?, n(8)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    // Days from the civil date (proleptic Gregorian), as in Howard Hinnant's algorithm.
+    let y = if mo <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3_600 + mi * 60 + se)
 }
 
 /// When to renew: not_before + 2/3 of (not_after - not_before). A certificate whose
@@ -648,6 +715,19 @@ mod tests {
         let bundle = format!("{}{}{}", key.serialize_pem(), cert.pem(), other);
         assert_eq!(cert_validity(&bundle), Ok((nb, na)));
 
+        // Years from 2050 are GeneralizedTime; before, UTCTime.
+        let long = {
+            let mut p = rcgen::CertificateParams::new(vec!["x".to_string()]).unwrap();
+            p.not_before = rcgen::date_time_ymd(1999, 12, 31);
+            p.not_after = rcgen::date_time_ymd(2051, 3, 1);
+            p.self_signed(&key).unwrap()
+        };
+        assert_eq!(cert_validity(&long.pem()), Ok((946_598_400, 2_561_241_600)));
+        // Truncated anywhere: None, never a panic.
+        let der = long.der().to_vec();
+        for cut in 0..der.len() {
+            assert_eq!(der_validity(&der[..cut]), None, "cut at {cut}");
+        }
         assert!(cert_validity("").is_err());
         assert!(cert_validity(&key.serialize_pem()).is_err());
         assert!(cert_validity("-----BEGIN CERTIFICATE-----\nAAAA\n").is_err());

@@ -2,7 +2,8 @@
 //! with `pact enroll NODE --hardware-id ...`; an agent with no token and no certificate reads
 //! its hardware identity, makes a key, enrolls, boots from the journal over mutual TLS and
 //! serves its API (9445) with the enrolled certificate, which the CLI verifies against the
-//! cluster CA. A journal restart retires the enrollment CA: the agent's subscription is
+//! cluster CA. With 30-second certificates it renews at 2/3 of their life, over mutual TLS,
+//! and its API presents the renewed one. A journal restart retires the enrollment CA: the agent's subscription is
 //! refused, it enrolls again by itself and carries on. Decommissioning the node ends its
 //! subscription within a keepalive, and the node cannot enroll again: it is inert.
 
@@ -28,7 +29,9 @@ fn a_fresh_agent_enrolls_boots_over_mutual_tls_and_re_enrolls_after_a_ca_change(
         return;
     }
     let tmp = TempDir::new("agent-enroll");
-    let mut journal = Journal::start_in(&tmp, &tmp.join("j"));
+    // Certificates of 30 s, so that the agent renews (at 2/3) while the test watches.
+    let lifetime = "[journal.enrollment]\ncert_lifetime_seconds = 30\n";
+    let mut journal = Journal::start_configured(&tmp, &tmp.join("j"), Some(lifetime));
     let mut enroll = vec!["enroll", NODE];
     for id in &ids {
         enroll.extend(["--hardware-id", id.as_str()]);
@@ -101,6 +104,17 @@ hmac_secret = "{secret}"
     )
     .0;
     assert!(!status.is_empty());
+
+    // Renewal at 2/3 of the lifetime (20 s), over mutual TLS, with a new key.
+    let renewed = agent.console.wait_next("PACT: certificate renewed", Duration::from_secs(60));
+    println!("agent: {renewed}");
+    let inspect = journal.pact(&["node", "inspect", NODE]);
+    let serials = inspect.lines().find(|l| l.starts_with("cert serials:")).unwrap_or_default().to_string();
+    assert_eq!(serials.split(',').count(), 2, "the renewed-from certificate stays valid until the next: {serials}");
+    run_ok(
+        journal.cli().args(["service", "status", NODE, "--agent-endpoint", api.as_str()]),
+        "pact service status, after renewal",
+    );
 
     // A journal restart: a new enrollment CA; the agent is refused and enrolls again.
     journal.kill();

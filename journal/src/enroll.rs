@@ -357,8 +357,11 @@ impl Authority {
         p.subject_alt_names = names;
         p.distinguished_name.push(DnType::CommonName, format!("{AGENT_CN_PREFIX}{node}"));
         let now = time::OffsetDateTime::now_utc();
-        p.not_before = now - time::Duration::minutes(5);
-        p.not_after = now + time::Duration::seconds(self.lifetime.as_secs() as i64);
+        // Back-dated for clocks a little behind the journal's: 5 minutes, or a tenth of a short
+        // lifetime (so the 2/3 renewal point stays ahead of the moment of signing).
+        let life = self.lifetime.as_secs().min(i64::MAX as u64) as i64;
+        p.not_before = now - time::Duration::seconds((life / 10).clamp(0, 300));
+        p.not_after = now + time::Duration::seconds(life);
         let serial = random_serial();
         p.serial_number = Some(SerialNumber::from(serial.clone()));
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
@@ -506,11 +509,12 @@ pub fn check_client_chain(
     };
     let node = cn.as_deref().and_then(|c| c.strip_prefix(AGENT_CN_PREFIX)).ok_or(CertRefusal::NotAgent)?.to_string();
     let serial = hex(params.serial_number.as_ref().map(|s| s.as_ref()).unwrap_or_default());
-    let issuer = chain.get(1).ok_or_else(|| refused("the certificate chain lacks its enrollment CA".into()))?;
-    let fp = sha256(issuer);
     let r = store.read_txn().map_err(|e| refused(format!("store: {e}")))?;
     let cas = store.enrollment_cas(&r).map_err(|e| refused(format!("store: {e}")))?;
-    if !cas.iter().any(|c| c.fingerprint == fp) {
+    // Which CA signed the leaf is checked here, not read off the chain the client sent: the
+    // subject names of a journal's successive enrollment CAs are the same, so a client could
+    // put the current CA second and let TLS build its path through a retired one.
+    if !cas.iter().any(|c| issued_by(leaf, &c.cert_der)) {
         return Err(refused(format!(
             "node {node}: certificate {serial} was signed by an enrollment CA no journal uses any more (a journal restarted); enroll again"
         )));
@@ -526,6 +530,24 @@ pub fn check_client_chain(
         ))),
         Some(_) => Ok(node),
     }
+}
+
+/// Whether `ca_der` signed `leaf` directly, and the leaf is valid now for client use.
+fn issued_by(leaf: &rustls::pki_types::CertificateDer<'_>, ca_der: &[u8]) -> bool {
+    let ca = rustls::pki_types::CertificateDer::from(ca_der);
+    let (Ok(anchor), Ok(ee)) = (webpki::anchor_from_trusted_cert(&ca), webpki::EndEntityCert::try_from(leaf)) else {
+        return false;
+    };
+    ee.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &[anchor],
+        &[],
+        rustls::pki_types::UnixTime::now(),
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .is_ok()
 }
 
 #[cfg(test)]

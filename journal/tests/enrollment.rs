@@ -245,6 +245,15 @@ fn enrollment_mutual_tls_revocation_and_ca_rotation() {
     let e6 = enroll(&j, presented, &k6.csr_der).expect("re-enroll after the CA changed");
     let c6 = save(&dir, "c6", &k6.key_pem, &e6.signed_cert_pem);
     set_state(&mut mtls(&j, &c6).unwrap(), "n1").expect("the re-enrolled certificate works");
+    // The old certificate with the current CA put second in its chain (the retired one third,
+    // so TLS still finds a path): the journal checks which CA signed it, and refuses.
+    let pems = |text: &str| -> Vec<String> {
+        text.split_inclusive("-----END CERTIFICATE-----\n").map(str::to_string).collect()
+    };
+    let (old, new) = (pems(&e5.signed_cert_pem), pems(&e6.signed_cert_pem));
+    let stuffed = save(&dir, "stuffed", &k4.key_pem, &format!("{}{}{}", old[0], new[1], old[1]));
+    let m = refused(set_state(&mut mtls(&j, &stuffed).unwrap(), "n1"), "no journal uses any more");
+    assert!(m.contains(&e5.cert_serial), "{m}");
 
     // Listing, and the record: every refusal above and each signing is an entry.
     let l: ListNodesResponse = admin.call(Method::ListNodes, &ListNodesRequest::default()).expect("list");

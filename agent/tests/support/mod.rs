@@ -170,6 +170,8 @@ pub struct Journal {
     raft_port: u16,
     metrics_port: u16,
     child: Option<Child>,
+    /// A journal.toml it starts with (`--config`), if any.
+    config: Option<PathBuf>,
 }
 
 impl Journal {
@@ -180,6 +182,16 @@ impl Journal {
 
     /// Data in `data`; returns once the journal has a leader.
     pub fn start_in(dir: &Path, data: &Path) -> Journal {
+        Journal::start_configured(dir, data, None)
+    }
+
+    /// Data in `data`, started with `config` as its journal.toml; returns once it has a leader.
+    pub fn start_configured(dir: &Path, data: &Path, config: Option<&str>) -> Journal {
+        let config = config.map(|text| {
+            let path = dir.join("journal.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
         let mut j = Journal {
             dir: dir.to_path_buf(),
             data: data.to_path_buf(),
@@ -187,6 +199,7 @@ impl Journal {
             raft_port: free_port(),
             metrics_port: free_port(),
             child: None,
+            config,
         };
         j.spawn();
         j
@@ -196,7 +209,11 @@ impl Journal {
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "the journal is running already");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("journal.log")).unwrap();
-        let child = Command::new(bin("pact-journal"))
+        let mut cmd = Command::new(bin("pact-journal"));
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
             .args(["--dev", "--data-dir"])
             .arg(&self.data)
             .arg("--listen")
