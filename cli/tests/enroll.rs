@@ -94,6 +94,9 @@ fn enroll_batch_list_inspect_decommission() {
     assert!(inspect.contains("registered") && inspect.contains("dev-admin"), "{inspect}");
     let r = cli.run(Tok::Flag(&admin), &["node", "inspect", "nosuch"]);
     assert_eq!(r.code, 1, "{r:?}");
+    // Whether a node exists is for those who may read it: ops of ml is refused, not told.
+    let r = cli.run(Tok::Flag(&ops), &["node", "inspect", "nosuch"]);
+    assert_eq!(r.code, 2, "{r:?}");
 
     // decommission: admin only; then revoked, and its MAC free for another node.
     let r = cli.run(Tok::Flag(&ops), &["node", "decommission", "gpu-002"]);

@@ -495,11 +495,12 @@ async fn inspect(shard: &ShardRef, caller: &Caller, body: &[u8]) -> Result<Reply
     let r: InspectNodeRequest = decode(Method::InspectNode, body)?;
     shard.wait_stored().await?;
     let txn = shard.store.read_txn().map_err(internal)?;
-    let rec = shard
-        .store
-        .get_enrollment(&txn, &r.node_id)
-        .map_err(internal)?
-        .ok_or_else(|| err(ErrorCode::NotFound, format!("node {} is not enrolled", r.node_id)))?;
+    let Some(rec) = shard.store.get_enrollment(&txn, &r.node_id).map_err(internal)? else {
+        // Whether a node exists is itself for those who may read it.
+        let target = authz::Target::Node { node: &r.node_id, vcluster: None };
+        authz::check(caller, authz::Need::Read, &target).map_err(|m| err(ErrorCode::PermissionDenied, m))?;
+        return Err(err(ErrorCode::NotFound, format!("node {} is not enrolled", r.node_id)));
+    };
     let rec = visible(shard, &txn, caller, rec).ok_or_else(|| {
         err(ErrorCode::PermissionDenied, format!("{} may not read node {}", caller.principal, r.node_id))
     })?;
