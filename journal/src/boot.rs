@@ -759,7 +759,7 @@ async fn run_subscription<S: AsyncWrite + Unpin>(
             Err(_) => {
                 if let Some(conn) = by_cert {
                     if let Err(crate::enroll::CertRefusal::Refused(why)) =
-                        crate::enroll::check_client_chain(&shard.store, &conn.chain)
+                        crate::enroll::check_client_chain(&shard.store, &conn.chain, &conn.memo)
                     {
                         let e = err(ErrorCode::Unauthenticated, format!("client certificate refused: {why}"));
                         return answer_error(shard, io, m, id, e).await;

@@ -491,44 +491,81 @@ pub enum CertRefusal {
     Refused(String),
 }
 
+/// What `check_client_chain` learned of a connection's certificate, so that later requests
+/// on the same connection skip parsing it and checking its signature; the checks against the
+/// journal's state (the CA still published, the node, its serials, the expiry) run every time.
+#[derive(Clone, Debug, Default)]
+pub struct CertMemo(std::cell::RefCell<Option<Checked>>);
+
+#[derive(Clone, Debug)]
+struct Checked {
+    node: String,
+    serial: String,
+    /// Fingerprint of the enrollment CA that signed it.
+    ca: Vec<u8>,
+    not_after: i64,
+}
+
 /// The node a client certificate chain identifies, if the journal accepts it: the leaf is
-/// `pact-service-agent/<node>`, its issuer (the chain's second certificate) is a published
-/// enrollment CA, and its serial is one of the node's current ones. (TLS has already checked
-/// the chain up to the cluster CA, and the dates.)
+/// `pact-service-agent/<node>`, a published enrollment CA signed it, and its serial is one of
+/// the node's current ones. (TLS has already checked the chain up to the cluster CA, and the
+/// dates.)
 pub fn check_client_chain(
     store: &crate::store::Store,
     chain: &[rustls::pki_types::CertificateDer<'_>],
+    memo: &CertMemo,
 ) -> std::result::Result<String, CertRefusal> {
     let refused = |m: String| CertRefusal::Refused(m);
-    let leaf = chain.first().ok_or(CertRefusal::NotAgent)?;
-    let params = CertificateParams::from_ca_cert_der(leaf).map_err(|_| CertRefusal::NotAgent)?;
-    let cn = match params.distinguished_name.get(&DnType::CommonName) {
-        Some(rcgen::DnValue::Utf8String(s)) => Some(s.clone()),
-        Some(rcgen::DnValue::PrintableString(s)) => Some(s.as_str().to_string()),
-        _ => None,
-    };
-    let node = cn.as_deref().and_then(|c| c.strip_prefix(AGENT_CN_PREFIX)).ok_or(CertRefusal::NotAgent)?.to_string();
-    let serial = hex(params.serial_number.as_ref().map(|s| s.as_ref()).unwrap_or_default());
     let r = store.read_txn().map_err(|e| refused(format!("store: {e}")))?;
     let cas = store.enrollment_cas(&r).map_err(|e| refused(format!("store: {e}")))?;
-    // Which CA signed the leaf is checked here, not read off the chain the client sent: the
-    // subject names of a journal's successive enrollment CAs are the same, so a client could
-    // put the current CA second and let TLS build its path through a retired one.
-    if !cas.iter().any(|c| issued_by(leaf, &c.cert_der)) {
+    let known = memo.0.borrow().clone();
+    let c = match known {
+        Some(c) => c,
+        None => {
+            let leaf = chain.first().ok_or(CertRefusal::NotAgent)?;
+            let params = CertificateParams::from_ca_cert_der(leaf).map_err(|_| CertRefusal::NotAgent)?;
+            let cn = match params.distinguished_name.get(&DnType::CommonName) {
+                Some(rcgen::DnValue::Utf8String(s)) => Some(s.clone()),
+                Some(rcgen::DnValue::PrintableString(s)) => Some(s.as_str().to_string()),
+                _ => None,
+            };
+            let node =
+                cn.as_deref().and_then(|c| c.strip_prefix(AGENT_CN_PREFIX)).ok_or(CertRefusal::NotAgent)?.to_string();
+            let serial = hex(params.serial_number.as_ref().map(|s| s.as_ref()).unwrap_or_default());
+            // Which CA signed the leaf is checked here, not read off the chain the client sent:
+            // the subject names of a journal's successive enrollment CAs are the same, so a
+            // client could put the current CA second and let TLS build its path through a
+            // retired one.
+            let Some(ca) = cas.iter().find(|c| issued_by(leaf, &c.cert_der)) else {
+                return Err(refused(format!(
+                    "node {node}: certificate {serial} was signed by an enrollment CA no journal uses any more (a journal restarted); enroll again"
+                )));
+            };
+            let c = Checked { node, serial, ca: ca.fingerprint.clone(), not_after: params.not_after.unix_timestamp() };
+            *memo.0.borrow_mut() = Some(c.clone());
+            c
+        }
+    };
+    let (node, serial) = (&c.node, &c.serial);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    if now >= c.not_after {
+        return Err(refused(format!("node {node}: certificate {serial} expired at {}; enroll again", c.not_after)));
+    }
+    if !cas.iter().any(|x| x.fingerprint == c.ca) {
         return Err(refused(format!(
             "node {node}: certificate {serial} was signed by an enrollment CA no journal uses any more (a journal restarted); enroll again"
         )));
     }
-    let rec = store.get_enrollment(&r, &node).map_err(|e| refused(format!("store: {e}")))?;
+    let rec = store.get_enrollment(&r, node).map_err(|e| refused(format!("store: {e}")))?;
     match rec {
         None => Err(refused(format!("node {node} is not enrolled"))),
         Some(rec) if rec.enrollment_state == EnrollmentState::Revoked as i32 => {
             Err(refused(format!("node {node} was decommissioned; its certificates are revoked")))
         }
-        Some(rec) if !rec.cert_serials.contains(&serial) => Err(refused(format!(
+        Some(rec) if !rec.cert_serials.contains(serial) => Err(refused(format!(
             "node {node}: certificate {serial} is not one the journal accepts (renewed, re-registered or never recorded); enroll again"
         ))),
-        Some(_) => Ok(node),
+        Some(_) => Ok(node.clone()),
     }
 }
 

@@ -272,7 +272,7 @@ async fn renew(shard: &ShardRef, conn: &Conn, body: &[u8], caller: &Caller) -> R
     let a = authority(shard)?;
     // Only the certificate itself renews: a token-authenticated agent enrolls instead.
     let node =
-        match enroll::check_client_chain(&shard.store, &conn.chain) {
+        match enroll::check_client_chain(&shard.store, &conn.chain, &conn.memo) {
             Ok(n) if n == caller.principal && authz::role(caller) == authz::Role::ServiceAgent => n,
             _ => return Err(err(
                 ErrorCode::PermissionDenied,

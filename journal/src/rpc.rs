@@ -49,6 +49,8 @@ pub struct Conn {
     pub peer: Option<std::net::SocketAddr>,
     /// The client certificate chain TLS verified against the cluster CA (empty: none).
     pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// What checking that certificate once found (see `enroll::CertMemo`).
+    pub memo: crate::enroll::CertMemo,
 }
 
 /// Who sent a request: the bearer token's subject when there is a token; else, on a
@@ -62,7 +64,7 @@ pub async fn authenticate(shard: &ShardRef, conn: &Conn, token: &str, method: Me
         // As of this journal's latest acknowledged write: a decommissioning acknowledged here
         // is in force for the very next request.
         shard.wait_stored().await?;
-        match crate::enroll::check_client_chain(&shard.store, &conn.chain) {
+        match crate::enroll::check_client_chain(&shard.store, &conn.chain, &conn.memo) {
             Ok(node) => Ok(Caller {
                 principal: node,
                 role: authz::SERVICE_AGENT.to_string(),

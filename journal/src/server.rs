@@ -123,6 +123,7 @@ async fn connection(shard: &ShardRef, acceptor: &TlsAcceptor, stream: TcpStream)
     let conn = rpc::Conn {
         peer: tls.get_ref().0 .0.peer_addr().ok(),
         chain: tls.get_ref().1.peer_certificates().map(|c| c.to_vec()).unwrap_or_default(),
+        memo: Default::default(),
     };
     let (outcome, answer) = match frame::server_answer(&hello) {
         Ok(x) => x,
