@@ -203,7 +203,8 @@ fn report<W: Wake>(link: &Link<W>, results: &[ItemResult]) {
     }
 }
 
-fn unix_now() -> i64 {
+/// Seconds since the Unix epoch, by this node's clock.
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 

@@ -19,15 +19,15 @@
 //! Every connection reads the files afresh (`tls`), so renewal needs no restart; the API
 //! server's certificate (9445) is reloaded the same way (`ReloadingCert`).
 
+use crate::apply::files::write_atomic;
+use crate::boot::unix_now;
 use crate::identity;
 use pact_proto::client::{CallError, Client};
 use pact_proto::enrollment::{EnrollRequest, EnrollResponse, RenewCertRequest, RenewCertResponse};
 use pact_proto::{ErrorCode, Method};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// What a journal's refusal of a client certificate starts with (journal `rpc::authenticate`).
 pub const REFUSED_PREFIX: &str = "client certificate refused";
@@ -66,6 +66,11 @@ impl IdentitySource for Enroller {
     }
 }
 
+/// Whether a journal's answer refuses the client certificate the request came with.
+pub fn refuses_certificate(r: &pact_proto::RemoteError) -> bool {
+    r.code == ErrorCode::Unauthenticated && r.message.starts_with(REFUSED_PREFIX)
+}
+
 pub struct Enroller {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -78,26 +83,6 @@ pub struct Enroller {
     /// One enrollment or renewal at a time (the journal thread, the API, the renewal timer).
     busy: Mutex<()>,
     log: Arc<dyn Fn(&str) + Send + Sync>,
-}
-
-fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
-}
-
-fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.write_all(data).and_then(|_| f.sync_all()).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 impl Enroller {
@@ -167,7 +152,8 @@ impl Enroller {
     pub fn enroll_round(&self, force: bool) -> Result<(), String> {
         let _g = self.busy.lock().map_err(|_| "enrollment lock poisoned".to_string())?;
         // Usable while more than a minute (a tenth of a short lifetime) is left.
-        if !force && self.validity().is_some_and(|(before, after)| after > now() + ((after - before) / 10).min(60)) {
+        if !force && self.validity().is_some_and(|(before, after)| after > unix_now() + ((after - before) / 10).min(60))
+        {
             return Ok(());
         }
         if self.endpoints.is_empty() {
@@ -231,8 +217,8 @@ impl Enroller {
     }
 
     fn store(&self, key_pem: &str, chain_pem: &str) -> Result<(), String> {
-        write_file(&self.key, key_pem.as_bytes(), 0o600)?;
-        write_file(&self.cert, chain_pem.as_bytes(), 0o644)
+        write_atomic(&self.key, key_pem.as_bytes(), 0o600, None, None)?;
+        write_atomic(&self.cert, chain_pem.as_bytes(), 0o644, None, None)
     }
 
     /// One renewal over mutual TLS with the current certificate.
@@ -264,7 +250,7 @@ impl Enroller {
 
     /// Whether an error is a journal refusing this node's certificate.
     pub fn is_refusal(e: &CallError) -> bool {
-        matches!(e, CallError::Remote(r) if r.code == ErrorCode::Unauthenticated && r.message.starts_with(REFUSED_PREFIX))
+        matches!(e, CallError::Remote(r) if refuses_certificate(r))
     }
 
     /// The renewal timer, for ever: renew at 2/3 of the lifetime, retry every 5 minutes,
@@ -275,7 +261,7 @@ impl Enroller {
                 Some((before, after)) => identity::renew_at(before, after),
                 None => 0,
             };
-            let wait = due - now();
+            let wait = due - unix_now();
             if wait > 0 {
                 // In slices, so a certificate replaced meanwhile (re-enrollment) is noticed.
                 std::thread::sleep(Duration::from_secs(wait.min(60) as u64));

@@ -349,7 +349,7 @@ impl JournalClient {
     /// whole round failed. Err when `max_rounds` is used up.
     fn failed(&mut self, e: Error) -> Result<(), Error> {
         if let (Some(en), Error::Remote(r)) = (&self.cfg.identity, &e) {
-            if r.code == ErrorCode::Unauthenticated && r.message.starts_with(crate::enroll::REFUSED_PREFIX) {
+            if crate::enroll::refuses_certificate(r) {
                 // Blocks until a journal signs a new certificate; then this is worth a retry.
                 en.refused(&r.message)
                     .map_err(|m| Error::Unreachable(format!("{}; enrolling again: {m}", r.message)))?;

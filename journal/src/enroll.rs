@@ -259,10 +259,6 @@ pub fn sha256(b: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, b).as_ref().to_vec()
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// This journal's enrollment CA: a key in memory only, certified by the cluster CA.
 pub struct Authority {
     pub journal_id: u64,
@@ -374,7 +370,7 @@ impl Authority {
             chain_pem: format!("{}{}", cert.pem(), self.ca_pem),
             issued: CertIssued {
                 node_id: node.to_string(),
-                serial: hex(&serial),
+                serial: pact_proto::hex(&serial),
                 expires_at: Some(expires),
                 key_hash,
                 issuer_fingerprint: self.published.fingerprint.clone(),
@@ -531,7 +527,7 @@ pub fn check_client_chain(
             };
             let node =
                 cn.as_deref().and_then(|c| c.strip_prefix(AGENT_CN_PREFIX)).ok_or(CertRefusal::NotAgent)?.to_string();
-            let serial = hex(params.serial_number.as_ref().map(|s| s.as_ref()).unwrap_or_default());
+            let serial = pact_proto::hex(params.serial_number.as_ref().map(|s| s.as_ref()).unwrap_or_default());
             // Which CA signed the leaf is checked here, not read off the chain the client sent:
             // the subject names of a journal's successive enrollment CAs are the same, so a
             // client could put the current CA second and let TLS build its path through a

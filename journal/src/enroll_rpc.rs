@@ -11,7 +11,7 @@
 use crate::audit::{identity_of, journal_identity};
 use crate::authz;
 use crate::enroll::{self, Authority};
-use crate::rpc::{Conn, Reply};
+use crate::rpc::{decode, err, internal, Conn, Reply};
 use crate::shard::ShardRef;
 use pact_proto::auth::Caller;
 use pact_proto::config::EntryType;
@@ -26,19 +26,6 @@ use pact_proto::wire::Request;
 use pact_proto::{ErrorCode, Method, RemoteError};
 use prost::Message;
 use std::net::IpAddr;
-
-fn err(code: ErrorCode, m: impl Into<String>) -> RemoteError {
-    RemoteError::new(code, m)
-}
-
-fn internal(e: impl std::fmt::Display) -> RemoteError {
-    err(ErrorCode::Internal, e.to_string())
-}
-
-fn decode<M: Message + Default>(method: Method, body: &[u8]) -> Result<M, RemoteError> {
-    M::decode(body)
-        .map_err(|e| err(ErrorCode::InvalidArgument, format!("{} request does not decode: {e}", method.name())))
-}
 
 /// How long a refused-for-rate enrollment is told to wait.
 const RATE_RETRY_MS: u32 = 5_000;
@@ -118,6 +105,15 @@ fn authority(shard: &ShardRef) -> Result<&Authority, RemoteError> {
     })
 }
 
+/// One enrollment or renewal from the rate limits, or Busy with when to come back.
+fn admit(a: &Authority, source: Option<IpAddr>) -> Result<(), RemoteError> {
+    a.admit(source).map_err(|m| {
+        let mut e = err(ErrorCode::Busy, m);
+        e.retry_after_ms = RATE_RETRY_MS;
+        e
+    })
+}
+
 fn source_of(conn: &Conn) -> Option<IpAddr> {
     conn.peer.map(|p| p.ip())
 }
@@ -144,11 +140,7 @@ fn read_record(shard: &ShardRef, node: &str) -> Result<Option<NodeEnrollment>, R
 async fn enroll_node(shard: &ShardRef, conn: &Conn, req: &Request) -> Result<Reply, RemoteError> {
     let a = authority(shard)?;
     let source = source_of(conn);
-    a.admit(source).map_err(|m| {
-        let mut e = err(ErrorCode::Busy, m);
-        e.retry_after_ms = RATE_RETRY_MS;
-        e
-    })?;
+    admit(a, source)?;
     let r: EnrollRequest = decode(Method::Enroll, &req.body)?;
     let hw = r.hardware_identity.ok_or_else(|| err(ErrorCode::InvalidArgument, "hardware_identity is missing"))?;
     shard.wait_stored().await?;
@@ -279,11 +271,7 @@ async fn renew(shard: &ShardRef, conn: &Conn, body: &[u8], caller: &Caller) -> R
                 "RenewCert needs the node's current certificate on the connection (an enrolled agent); enroll instead",
             )),
         };
-    a.admit(source_of(conn)).map_err(|m| {
-        let mut e = err(ErrorCode::Busy, m);
-        e.retry_after_ms = RATE_RETRY_MS;
-        e
-    })?;
+    admit(a, source_of(conn))?;
     let r: RenewCertRequest = decode(Method::RenewCert, body)?;
     let rec =
         read_record(shard, &node)?.ok_or_else(|| err(ErrorCode::NotFound, format!("node {node} is not enrolled")))?;

@@ -30,16 +30,16 @@ pub enum Reply {
     Stream(Vec<Vec<u8>>),
 }
 
-fn err(code: ErrorCode, msg: impl Into<String>) -> RemoteError {
+pub(crate) fn err(code: ErrorCode, msg: impl Into<String>) -> RemoteError {
     RemoteError::new(code, msg)
 }
 
-fn decode<M: Message + Default>(method: Method, body: &[u8]) -> Result<M, RemoteError> {
+pub(crate) fn decode<M: Message + Default>(method: Method, body: &[u8]) -> Result<M, RemoteError> {
     M::decode(body)
         .map_err(|e| err(ErrorCode::InvalidArgument, format!("{} request does not decode: {e}", method.name())))
 }
 
-fn internal(e: impl std::fmt::Display) -> RemoteError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> RemoteError {
     err(ErrorCode::Internal, e.to_string())
 }
 

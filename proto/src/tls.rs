@@ -53,6 +53,40 @@ pub fn root_store(ca_pem: &Path) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
+/// Who must show a certificate to a server.
+enum ClientCerts<'a> {
+    None,
+    /// A certificate chaining to this CA bundle, when one is presented.
+    Optional(&'a Path),
+    /// A certificate chaining to this CA bundle, always.
+    Required(&'a Path),
+}
+
+fn server(cert: &Path, key: &Path, clients: ClientCerts<'_>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?;
+    let builder = match clients {
+        ClientCerts::None => builder.with_no_client_auth(),
+        ClientCerts::Optional(ca) | ClientCerts::Required(ca) => {
+            let roots = Arc::new(root_store(ca)?);
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider());
+            let v = if matches!(clients, ClientCerts::Optional(_)) { v.allow_unauthenticated() } else { v };
+            builder.with_client_cert_verifier(
+                v.build().map_err(|e| TlsError(format!("{}: client verifier: {e}", ca.display())))?,
+            )
+        }
+    };
+    let mut cfg = builder
+        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(|e| TlsError(format!("{}: certificate and key do not form a usable pair: {e}", cert.display())))?;
+    // No TLS 1.3 session tickets: pact's clients do not resume (a CLI process connects once; a
+    // booting node opens one connection), so each ticket would only cost randomness, a cache
+    // insert, an encrypted record and a send per connection, times 10,000 in a boot storm.
+    cfg.send_tls13_tickets = 0;
+    Ok(Arc::new(cfg))
+}
+
 /// Server side, a client certificate optional: when one is presented it must chain to
 /// `ca_pem` (the journal's client port: agents present their enrolled certificates, people
 /// and tools authenticate with bearer tokens).
@@ -61,41 +95,13 @@ pub fn optional_mtls_server_config(
     key: &Path,
     ca_pem: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let roots = Arc::new(root_store(ca_pem)?);
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| TlsError(format!("{}: client verifier: {e}", ca_pem.display())))?;
-    let certs = load_certs(cert)?;
-    let key = load_key(key)?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError(format!("{}: {e}", cert.display())))?;
-    // As in `server_config`: pact's clients do not resume sessions.
-    cfg.send_tls13_tickets = 0;
-    Ok(Arc::new(cfg))
+    server(cert, key, ClientCerts::Optional(ca_pem))
 }
 
-/// Server side, no client certificate (the client port authenticates with bearer tokens;
-/// mutual TLS for agents arrives with enrollment).
+/// Server side, no client certificate (the agent's API on 9445: callers authenticate with
+/// bearer tokens).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs = load_certs(cert)?;
-    let key = load_key(key)?;
-    let cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError(format!("{}: certificate and key do not form a usable pair: {e}", cert.display())))?;
-    let mut cfg = cfg;
-    // No TLS 1.3 session tickets: pact's clients do not resume (a CLI process connects once; a
-    // booting node opens one connection), so each ticket would only cost randomness, a cache
-    // insert, an encrypted record and a send per connection, times 10,000 in a boot storm.
-    cfg.send_tls13_tickets = 0;
-    Ok(Arc::new(cfg))
+    server(cert, key, ClientCerts::None)
 }
 
 /// Client side, trusting only the given CA bundle.
@@ -111,17 +117,7 @@ pub fn client_config(ca_pem: &Path) -> Result<Arc<rustls::ClientConfig>, TlsErro
 
 /// Mutual TLS, server side: clients must present a certificate from the CA bundle.
 pub fn mtls_server_config(cert: &Path, key: &Path, ca_pem: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let roots = Arc::new(root_store(ca_pem)?);
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .build()
-        .map_err(|e| TlsError(format!("{}: client verifier: {e}", ca_pem.display())))?;
-    let cfg = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(cert)?, load_key(key)?)
-        .map_err(|e| TlsError(format!("{}: certificate and key do not form a usable pair: {e}", cert.display())))?;
-    Ok(Arc::new(cfg))
+    server(cert, key, ClientCerts::Required(ca_pem))
 }
 
 /// Mutual TLS, client side: trusts the CA bundle and presents our certificate.

@@ -116,7 +116,15 @@ fn fix_metadata(path: &Path, meta: &fs::Metadata, want: &Want) -> Result<Outcome
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
-fn write_atomic(path: &Path, content: &[u8], mode: u32, uid: Option<u32>, gid: Option<u32>) -> Result<(), String> {
+/// Writes `path` whole or not at all: a unique temporary file beside it, mode and owner set,
+/// synced, renamed over it.
+pub(crate) fn write_atomic(
+    path: &Path,
+    content: &[u8],
+    mode: u32,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<(), String> {
     let dir = path.parent().ok_or_else(|| format!("{} has no parent directory", path.display()))?;
     fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let mut name = OsString::from(".");
