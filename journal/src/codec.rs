@@ -5,8 +5,8 @@
 //!
 //! | database      | key                                         | value                                   |
 //! |---------------|---------------------------------------------|-----------------------------------------|
-//! | `raft_log`    | raft index, u64 big-endian (8 bytes)         | `eraftpb::Entry`, rust-protobuf bytes   |
-//! | `raft_meta`   | ASCII name: `hard_state`, `conf_state`, `first_index`, `bootstrapped`, `snapshot_index`, `snapshot_term` (protobuf bytes / u64 BE); `invites` (prost) |
+//! | `raft_log`    | raft index, u64 big-endian (8 bytes)         | `eraftpb::Entry`: legacy, read once at start and moved into the log file (`wal.rs`) |
+//! | `raft_meta`   | ASCII name: `conf_state` (protobuf; the membership at the applied index), `bootstrapped`, `snapshot_index`, `snapshot_term` (u64 BE; the snapshot the state was last installed from, (1, 1) when founded); `invites` (prost); legacy `hard_state`, `first_index` |
 //! | `state_meta`  | ASCII name: `applied_index`, `next_sequence`, `last_ts`, `partitions` | u64 BE (`last_ts`: i64 BE secs + u32 BE nanos) |
 //! | `entries`     | sequence, u64 big-endian                     | `pact.config.ConfigEntry`, prost bytes  |
 //! | `entry_scope` | scope tag (1 byte) + scope id + 0x00 + sequence u64 BE | empty                      |
@@ -22,9 +22,9 @@
 //! `state_meta` also holds `approvals_pending` (u64 BE): how many `approvals` records are
 //! PENDING, kept in the same transaction as the records (the bound `approval::MAX_PENDING`).
 //!
-//! The raft log holds entries `first_index..=last`; everything before was compacted into the
-//! latest snapshot, whose index and term are `snapshot_index`/`snapshot_term` (raft needs the
-//! term of the entry just before the log start).
+//! The raft log and hard state live in `<data_dir>/raft.wal/` (layout in `wal.rs`), not here.
+//! `snapshot_index`/`snapshot_term` let a start finish a snapshot install that a crash
+//! interrupted between LMDB and the log (`raft_log::open`).
 //!
 //! Snapshot data (what raft ships to a lagging or new replica) is the applied state as a
 //! sequence of records, each `kind u8 | key_len u32 BE | key | value_len u32 BE | value`, in

@@ -102,7 +102,7 @@ pub fn health(shard: &ShardRef) -> (u16, String) {
 pub fn metrics_text(shard: &ShardRef) -> String {
     let s: &Shared = &shard.shared;
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let log_entries = shard.store.raft_log_len().unwrap_or(0);
+    let log_entries = (g(&s.last_index) + 1).saturating_sub(g(&s.first_index));
     let entries = shard.store.read_txn().ok().and_then(|t| shard.store.entry_count(&t).ok()).unwrap_or(0);
     let metrics: [(&str, &str, &str, u64); 31] = [
         ("pact_journal_up", "gauge", "1 while this journal process serves.", 1),

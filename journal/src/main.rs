@@ -373,6 +373,11 @@ fn run(cfg: config::JournalConfig, policy: Option<PolicyEngine>) -> Result<(), (
         );
     }
 
+    // The raft log file, replayed and reconciled with the applied state (a founding journal's
+    // log starts after its founding snapshot here).
+    let (wal, log) = pact_journal::raft_log::open(&cfg.data_dir, &store).map_err(|e| (EXIT_DATA_DIR, e.to_string()))?;
+    let log_files = raft_driver::LogFiles { wal, log };
+
     // glommio sets SO_REUSEPORT on every listener, so a second journal on the same port would
     // bind happily and take a share of the connections. Refuse to start if something keeps
     // accepting connections there. (A probe bind would trip over our own TIME_WAIT sockets from
@@ -447,7 +452,7 @@ fn run(cfg: config::JournalConfig, policy: Option<PolicyEngine>) -> Result<(), (
         configured_peers: cluster.all.iter().map(|m| (m.id, m.raft_addr.clone())).collect(),
         invite,
     };
-    let mut raft_side = Some((prop_rx, res_tx, peer_server_tls, peer_client_tls, driver_cfg));
+    let mut raft_side = Some((prop_rx, res_tx, peer_server_tls, peer_client_tls, driver_cfg, log_files));
     let raft_listen = cluster.raft_listen;
     let me_for_shards = me.clone();
     for id in 0..cores as u32 {
@@ -468,8 +473,9 @@ fn run(cfg: config::JournalConfig, policy: Option<PolicyEngine>) -> Result<(), (
         let from_raft = if id == 0 { None } else { res_rx[id as usize - 1].take() };
         let h = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
-            // The raft shard's LMDB commits and fsyncs run here, off the reactor and unpinned.
-            .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
+            // The raft shard's log writes and LMDB commits run here, off the reactor and
+            // unpinned: two threads, so the applier's LMDB commit runs beside a log write.
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(if id == 0 { 2 } else { 1 }))
             .spawn(move || async move {
                 let listener = match server::bind(listen) {
                     Ok(l) => l,
@@ -478,7 +484,7 @@ fn run(cfg: config::JournalConfig, policy: Option<PolicyEngine>) -> Result<(), (
                         return;
                     }
                 };
-                if let Some((prop_rx, res_tx, peer_server_tls, peer_client_tls, driver_cfg)) = raft_parts {
+                if let Some((prop_rx, res_tx, peer_server_tls, peer_client_tls, driver_cfg, log_files)) = raft_parts {
                     let (local_tx, inbox) = glommio::channels::local_channel::new_bounded(raft_driver::INBOX);
                     let local_tx = Rc::new(local_tx);
                     let raft_listener = match server::bind(raft_listen) {
@@ -513,14 +519,19 @@ fn run(cfg: config::JournalConfig, policy: Option<PolicyEngine>) -> Result<(), (
                     for tx in res_tx {
                         results.push(tx.connect().await);
                     }
-                    let driver =
-                        match raft_driver::Driver::new(store, shared.clone(), me.clone(), results, peers, driver_cfg) {
-                            Ok(d) => d,
-                            Err(e) => {
-                                let _ = ready.send(Err((EXIT_DATA_DIR, e)));
-                                return;
-                            }
-                        };
+                    let links = raft_driver::Links {
+                        local: me.clone(),
+                        remote_results: results,
+                        peers,
+                        inbox_tx: local_tx.clone(),
+                    };
+                    let driver = match raft_driver::Driver::new(store, log_files, shared.clone(), links, driver_cfg) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            let _ = ready.send(Err((EXIT_DATA_DIR, e)));
+                            return;
+                        }
+                    };
                     if let Some(addr) = metrics_listen {
                         match server::bind(addr) {
                             Ok(l) => {

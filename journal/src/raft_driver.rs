@@ -1,30 +1,40 @@
 //! The raft shard's driver: one loop over the raft-rs `Ready` contract (`replica.rs`), with
-//! LMDB for durability and the peer port for messages. Each round it takes a batch of
-//! inputs (client proposals, membership changes, read barriers, peer messages), ticks the
-//! clock, then runs one replica round: messages that may go out at once, one LMDB
-//! transaction (snapshot install, apply, append, hard state, conf state) on the executor's
+//! the log file (`wal.rs`) and LMDB for durability and the peer port for messages. Each round
+//! it takes a batch of inputs (client proposals, membership changes, read barriers, peer
+//! messages), ticks the clock, then runs one replica round: messages that may go out at once,
+//! the committed entries applied to the in-memory shadow (their clients are answered now),
+//! one log write with one `fdatasync` (new entries and the hard state) on the executor's
 //! blocking pool, advance, then the messages that needed the round to be durable.
+//!
+//! The applied state reaches LMDB through the applier, behind the log and off the path every
+//! commit waits for: committed entries queue up, and one LMDB transaction at a time stores
+//! what has queued, on a second blocking thread, while rounds go on. Reads on this replica
+//! wait for it (`Shared::durable_applied`), and the log is compacted only past what it stored.
+//! A snapshot install is the exception: it waits for the applier, then replaces the state.
 //!
 //! The same loop runs a single voter and a quorum member: peers only add a transport.
 
 use crate::peer::Peers;
+use crate::raft_log::RaftStorage;
 use crate::replica::{apply_entries, Replica, Round};
 use crate::shard::{Ask, Outcome, Proposal, Shard};
 use crate::shared::{Shared, ROLE_CANDIDATE, ROLE_FOLLOWER, ROLE_LEADER, ROLE_PRE_CANDIDATE, ROLE_SHUTDOWN};
 use crate::state;
-use crate::store::{LmdbState, RaftStorage, Store};
+use crate::store::{LmdbState, Store};
+use crate::wal::{MemLog, Record, Wal};
 use crate::{debug, error, info, warn};
 use futures_lite::future::poll_once;
-use glommio::channels::local_channel::LocalReceiver;
+use glommio::channels::local_channel::{LocalReceiver, LocalSender};
 use glommio::channels::shared_channel::ConnectedSender;
 use pact_proto::journal::{ApplyResult, Command, Member, MembershipAction, ProposalOrigin};
 use prost::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeType, HardState, Message};
+use raft::eraftpb::{ConfChange, ConfChangeType, ConfState, Entry, Message, Snapshot};
 use raft::{RawNode, SnapshotStatus, StateRole};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Raft's clock. Elections start after 10–20 ticks without a leader (0.5–1 s) and a leader
@@ -46,6 +56,8 @@ pub enum Input {
     /// A peer that dialed us said who it is: where its Raft port is (used until the address
     /// book has it), and, for a journal started with `--learner`, that it wants to join.
     PeerHello(Member),
+    /// The applier's LMDB transaction finished (its result is in its task).
+    Applied,
 }
 
 pub struct DriverConfig {
@@ -57,25 +69,56 @@ pub struct DriverConfig {
     pub invite: Vec<Member>,
 }
 
-/// A round that only applied committed entries (no new log entries, no term or vote change,
-/// no membership change) is not made durable on its own: its entries are already durable in
-/// the log, their answers went out from the shadow, and storing their applied state can ride
-/// on the next round's transaction (or a flush after `FLUSH_DELAY` of quiet). That saves one
-/// fsync per write for a lone client. Until stored, reads wait (`Shared::acked_index`) and
-/// the log is not compacted past them.
-#[derive(Default)]
-struct Deferred {
-    apply: Vec<raft::eraftpb::Entry>,
-    commit: u64,
-    results: Vec<(ProposalOrigin, ApplyResult)>,
+/// Who the driver talks to: this shard (its clients' answers), the other shards' result
+/// queues, the peers, and its own inbox (for the applier's completion).
+pub struct Links {
+    pub local: Rc<Shard>,
+    pub remote_results: Vec<ConnectedSender<(u64, Outcome)>>,
+    pub peers: Peers,
+    pub inbox_tx: Rc<LocalSender<Input>>,
 }
 
-/// Longest a deferred apply waits for the next round before it is flushed alone.
-const FLUSH_DELAY: Duration = Duration::from_micros(500);
+/// The raft log, opened and reconciled (`raft_log::open`), for the driver.
+pub struct LogFiles {
+    pub wal: Wal,
+    pub log: MemLog,
+}
+
+/// Committed entries whose state is not in LMDB yet: their clients were answered from the
+/// shadow, the log holds them, and the applier stores them in order.
+#[derive(Default)]
+struct ApplyQueue {
+    entries: Vec<Entry>,
+    /// The conf state after the last queued membership change, stored with the entries.
+    conf_state: Option<ConfState>,
+    /// What the shadow answered for them: the stored results must be identical.
+    results: Vec<(ProposalOrigin, ApplyResult)>,
+    /// When the oldest of them was queued.
+    since: Option<Instant>,
+}
+
+/// Most applied entries waiting for LMDB before the driver waits for the applier (it only
+/// falls this far behind when LMDB is much slower than the log).
+const MAX_APPLY_LAG: usize = 65_536;
+/// The applier stores what has queued once this many entries wait, once the oldest has waited
+/// `APPLY_DELAY`, or at once when a reader waits for it (`Shared::store_wanted`). An LMDB
+/// commit costs two flushes and several page writes: one per entry would cost a lone client
+/// a third of its throughput on a 2-core machine, for state only readers look at (and the
+/// subscription feed polls every 5 ms anyway).
+const APPLY_BATCH: usize = 1024;
+const APPLY_DELAY: Duration = Duration::from_millis(5);
+
+type ApplierOutput = (u64, Vec<(ProposalOrigin, ApplyResult)>, Result<Vec<(ProposalOrigin, ApplyResult)>, String>);
 
 pub struct Driver {
     replica: Replica<RaftStorage>,
     store: Store,
+    /// The raft log in memory (shared with `RaftStorage`) and its file (used on the blocking
+    /// pool, one write at a time).
+    log: Rc<RefCell<MemLog>>,
+    wal: Arc<Mutex<Wal>>,
+    /// The driver's own inbox, for the applier's completion.
+    inbox_tx: Rc<LocalSender<Input>>,
     shared: Arc<Shared>,
     local: Rc<Shard>,
     remote_results: Vec<ConnectedSender<(u64, Outcome)>>,
@@ -92,11 +135,10 @@ pub struct Driver {
     last_term: u64,
     /// In-memory mirror of what `apply` reads; answers clients at commit time.
     shadow: state::Shadow,
-    /// Committed entries already answered from the shadow but not yet stored (see `round`).
-    deferred: Deferred,
-    /// Term and vote as last persisted: a round whose hard state changes only the commit
-    /// index may be deferred; one that changes term or vote may not.
-    persisted_term_vote: (u64, u64),
+    /// Committed entries answered from the shadow, waiting for the applier.
+    queue: ApplyQueue,
+    /// The applier's transaction in flight (one at a time).
+    applier: Option<glommio::Task<ApplierOutput>>,
     last_compacted: u64,
     /// Approvals whose expiry this leader proposed, and when (not proposed again for 10 s).
     expiring: HashMap<u64, Instant>,
@@ -130,32 +172,34 @@ fn parse_read_ctx(b: &[u8]) -> Option<(u32, u64)> {
 impl Driver {
     pub fn new(
         store: Store,
+        files: LogFiles,
         shared: Arc<Shared>,
-        local: Rc<Shard>,
-        remote_results: Vec<ConnectedSender<(u64, Outcome)>>,
-        peers: Peers,
+        links: Links,
         cfg: DriverConfig,
     ) -> Result<Driver, String> {
+        let Links { local, remote_results, peers, inbox_tx } = links;
         let applied = store.applied_index().map_err(|e| e.to_string())?;
         let rc = raft_config(shared.node_id, applied);
         rc.validate().map_err(|e| format!("raft config: {e}"))?;
-        let node = RawNode::new(&rc, RaftStorage { store: store.clone() }, &crate::log::raft_logger())
-            .map_err(|e| format!("raft: {e}"))?;
-        let last_compacted = store.log_bounds().map_err(|e| e.to_string())?.2;
+        let (first, last_index, commit) = (files.log.first, files.log.last(), files.log.hs.commit);
+        let log = Rc::new(RefCell::new(files.log));
+        let node =
+            RawNode::new(&rc, RaftStorage { log: log.clone(), store: store.clone() }, &crate::log::raft_logger())
+                .map_err(|e| format!("raft: {e}"))?;
         let shadow = store.shadow().map_err(|e| e.to_string())?;
-        let persisted = store.hard_state().map_err(|e| e.to_string())?;
         // Reads wait until the state they see includes what this replica had already answered
         // before it restarted (`Shared::acked_index`). That is at least its persisted commit
         // index; a lone voter answered everything in its log (its own disk was the quorum).
-        let (_, last_index, _) = store.log_bounds().map_err(|e| e.to_string())?;
-        let hs = store.hard_state().map_err(|e| e.to_string())?;
         let conf = store.conf_state().map_err(|e| e.to_string())?;
-        let barrier = if conf.voters == [shared.node_id] { last_index } else { hs.commit };
+        let barrier = if conf.voters == [shared.node_id] { last_index } else { commit };
         shared.durable_applied.store(applied, Ordering::Relaxed);
         shared.acked_index.store(barrier.max(applied), Ordering::Relaxed);
         let d = Driver {
             replica: Replica::new(node),
             store,
+            log,
+            wal: Arc::new(Mutex::new(files.wal)),
+            inbox_tx,
             shared,
             local,
             remote_results,
@@ -166,9 +210,9 @@ impl Driver {
             inflight: HashMap::new(),
             last_term: 0,
             shadow,
-            deferred: Deferred::default(),
-            persisted_term_vote: (persisted.term, persisted.vote),
-            last_compacted,
+            queue: ApplyQueue::default(),
+            applier: None,
+            last_compacted: first - 1,
             expiring: HashMap::new(),
             last_sweep: Instant::now(),
         };
@@ -180,18 +224,14 @@ impl Driver {
         &mut self.replica.node
     }
 
-    /// Peer addresses: configuration first, the replicated address book over it.
+    /// Peer addresses: configuration first, the replicated address book (as applied, in the
+    /// shadow) over it.
     fn refresh_peers(&self) {
         let mut book: HashMap<u64, String> = self.cfg.configured_peers.iter().cloned().collect();
-        match self.store.members() {
-            Ok(ms) => {
-                for m in ms {
-                    if !m.raft_addr.is_empty() {
-                        book.insert(m.id, m.raft_addr);
-                    }
-                }
+        for m in self.shadow.members.values() {
+            if !m.raft_addr.is_empty() {
+                book.insert(m.id, m.raft_addr.clone());
             }
-            Err(e) => warn!("reading the address book: {e}"),
         }
         let list: Vec<(u64, String)> = book.into_iter().collect();
         self.peers.set_addresses(&list);
@@ -218,8 +258,9 @@ impl Driver {
             let mut batch = 0usize;
             if !self.replica.has_pending() {
                 let mut left = TICK.saturating_sub(last_tick.elapsed());
-                if !self.deferred.apply.is_empty() {
-                    left = left.min(FLUSH_DELAY);
+                if !self.queue.entries.is_empty() {
+                    // Wake to start the applier on time (and for readers that wait for it).
+                    left = left.min(Duration::from_millis(1));
                 }
                 match glommio::timer::timeout(left.max(Duration::from_millis(1)), async { Ok(inbox.recv().await) })
                     .await
@@ -256,10 +297,8 @@ impl Driver {
                 break;
             }
         }
-        if !self.deferred.apply.is_empty() {
-            if let Err(e) = self.flush().await {
-                warn!("storing the last applied entries at shutdown: {e} (they are replayed from the log)");
-            }
+        if let Err(e) = self.drain_applier().await {
+            warn!("storing the last applied entries at shutdown: {e} (they are replayed from the log)");
         }
         while let Some(Some(i)) = poll_once(inbox.recv()).await {
             if let Input::Proposal(p) = i {
@@ -302,6 +341,8 @@ impl Driver {
                 let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
                 self.node().report_snapshot(id, status);
             }
+            // Collected by `reap_applier` at the start of the next round.
+            Input::Applied => {}
         }
     }
 
@@ -446,75 +487,53 @@ impl Driver {
     }
 
     async fn round(&mut self) -> Result<(), String> {
+        self.reap_applier().await?;
         let Some(mut round) = self.replica.begin()? else {
-            if !self.deferred.apply.is_empty() {
-                self.flush().await?;
-            }
+            self.start_applier(false);
             self.publish();
             return Ok(());
         };
         if !round.send_now.is_empty() {
             self.peers.send(std::mem::take(&mut round.send_now));
         }
-        let Round { ref apply, ref read_states, ref snapshot, .. } = round;
-        let had_membership =
-            apply.iter().any(|e| e.get_entry_type() != raft::eraftpb::EntryType::EntryNormal) || snapshot.is_some();
-        let reads: Vec<(u64, Vec<u8>)> = read_states.iter().map(|r| (r.index, r.request_ctx.clone())).collect();
-        // Answer this replica's clients now: the entries are committed (durable on a quorum),
-        // and their results are what the transaction below will store. Reads on this replica
-        // wait for that transaction (`Shared::acked_index`), so a client still reads its writes.
-        let early = if snapshot.is_none() { Some(self.shadow_apply(apply)?) } else { None };
-        if let Some(results) = &early {
-            let last = apply.last().map(|e| e.index).unwrap_or(0);
-            self.shared.acked_index.fetch_max(last, Ordering::Relaxed);
-            for (origin, result) in results.clone() {
+        let had_membership = round.apply.iter().any(|e| e.get_entry_type() != raft::eraftpb::EntryType::EntryNormal)
+            || round.snapshot.is_some();
+        let reads: Vec<(u64, Vec<u8>)> = round.read_states.iter().map(|r| (r.index, r.request_ctx.clone())).collect();
+        // The hard state goes with every log write: term and vote must be durable before the
+        // round's votes go out, and the commit index rides along for free.
+        let hs = round.hard_state.clone().unwrap_or_else(|| self.replica.node.raft.hard_state());
+        if let Some(snap) = round.snapshot.clone() {
+            self.install_snapshot(snap, &round, hs).await?;
+        } else {
+            // Answer this replica's clients now: the entries are committed (durable on a
+            // quorum), and their results are what the applier will store. Reads on this
+            // replica wait for the applier (`Shared::acked_index`), so a client still reads
+            // its writes.
+            let results = apply_entries(&mut self.shadow, &round.apply)?;
+            if let Some(last) = round.apply.last() {
+                self.shared.acked_index.fetch_max(last.index, Ordering::Relaxed);
+            }
+            for (origin, result) in results.iter().cloned() {
                 self.answer(origin, result);
             }
-        }
-        let term_vote_kept = round.hard_state.as_ref().is_none_or(|h| (h.term, h.vote) == self.persisted_term_vote);
-        let deferrable = early.is_some()
-            && round.append.is_empty()
-            && round.conf_state.is_none()
-            && !had_membership
-            && term_vote_kept;
-        if deferrable {
-            self.deferred.apply.extend(round.apply.iter().cloned());
-            if let Some(h) = &round.hard_state {
-                self.deferred.commit = self.deferred.commit.max(h.commit);
+            self.queue.entries.extend(round.apply.iter().cloned());
+            if round.conf_state.is_some() {
+                self.queue.conf_state = round.conf_state.clone();
             }
-            self.deferred.results.extend(early.into_iter().flatten());
-        } else {
-            // What earlier rounds deferred is stored first, in order, in this transaction.
-            let deferred = std::mem::take(&mut self.deferred);
-            let mut all = deferred.apply;
-            all.extend(round.apply.iter().cloned());
-            let mut hs = round.hard_state.clone();
-            if deferred.commit > 0 {
-                let mut h = hs.unwrap_or_else(|| self.replica.node.raft.hard_state());
-                h.commit = h.commit.max(deferred.commit);
-                hs = Some(h);
-            }
-            let results = self
-                .persist(round.snapshot.clone(), all, round.append.clone(), hs.clone(), round.conf_state.clone())
-                .await?;
-            if let Some(h) = &hs {
-                self.persisted_term_vote = (h.term, h.vote);
-            }
-            let applied = self.replica.node.raft.raft_log.applied.max(apply.last().map(|e| e.index).unwrap_or(0));
-            self.shared.durable_applied.fetch_max(applied, Ordering::Relaxed);
-            match early {
-                // The shadow and the store must agree: apply is deterministic.
-                Some(early) => {
-                    let mut expected = deferred.results;
-                    expected.extend(early);
-                    assert_eq!(expected, results, "in-memory and stored apply results differ");
-                }
-                None => {
-                    self.shadow = self.store.shadow().map_err(|e| e.to_string())?;
-                    for (origin, result) in results {
-                        self.answer(origin, result);
-                    }
-                }
+            self.queue.results.extend(results);
+            self.queue.since.get_or_insert_with(Instant::now);
+            // When due, store them in parallel with the log write below.
+            self.start_applier(false);
+            // A round with nothing new for the log (only commits learned, or only messages)
+            // writes nothing: a commit index is never needed for safety, and a lost one is
+            // learned again (at start it is at least the applied index).
+            let term_vote_changed = round.hard_state.as_ref().is_some_and(|h| {
+                let l = self.log.borrow();
+                (h.term, h.vote) != (l.hs.term, l.hs.vote)
+            });
+            if !round.append.is_empty() || term_vote_changed {
+                let record = Record { reset: None, hs: Some(hs), entries: std::mem::take(&mut round.append) };
+                self.write_log(record, false).await?;
             }
         }
         let after = self.replica.finish(round);
@@ -530,22 +549,137 @@ impl Driver {
             }
         }
         self.release_reads();
+        if self.queue.entries.len() >= MAX_APPLY_LAG {
+            // LMDB fell far behind the log: let it catch up before taking more.
+            self.drain_applier().await?;
+        }
         self.maybe_compact().await?;
         Shared::inc(&self.shared.ready_rounds_total);
         self.publish();
         Ok(())
     }
 
-    /// Stores deferred applied entries on their own (nothing else came along).
-    async fn flush(&mut self) -> Result<(), String> {
-        let d = std::mem::take(&mut self.deferred);
-        let last = d.apply.last().map(|e| e.index).unwrap_or(0);
-        let mut hs = self.replica.node.raft.hard_state();
-        hs.commit = hs.commit.max(d.commit);
-        debug_assert_eq!((hs.term, hs.vote), self.persisted_term_vote, "a flush never carries a new term or vote");
-        let results = self.persist(None, d.apply, Vec::new(), Some(hs), None).await?;
-        assert_eq!(d.results, results, "in-memory and stored apply results differ");
+    /// A snapshot from the leader (this replica was new, or too far behind): wait for the
+    /// applier, replace the state in LMDB (then apply what was committed with it), then
+    /// restart the log after it. In that order: a crash in between leaves a state ahead of
+    /// the log, which `raft_log::open` recognises and completes.
+    async fn install_snapshot(
+        &mut self,
+        snap: Snapshot,
+        round: &Round,
+        hs: raft::eraftpb::HardState,
+    ) -> Result<(), String> {
+        self.drain_applier().await?;
+        let meta = snap.get_metadata().clone();
+        let (index, term) = (meta.index, meta.term);
+        let (store, apply, cs) = (self.store.clone(), round.apply.clone(), round.conf_state.clone());
+        let results = glommio::executor()
+            .spawn_blocking(move || -> Result<_, String> {
+                let mut w = store.write_txn().map_err(|e| e.to_string())?;
+                store.install_snapshot(&mut w, &snap).map_err(|e| e.to_string())?;
+                let results = apply_entries(&mut LmdbState::new(&store, &mut w), &apply)?;
+                if let Some(cs) = &cs {
+                    store.write_conf_state(&mut w, cs).map_err(|e| e.to_string())?;
+                }
+                w.commit().map_err(|x| x.to_string())?;
+                Ok(results)
+            })
+            .await?;
+        let applied = round.apply.last().map(|e| e.index).unwrap_or(index);
+        self.shared.durable_applied.fetch_max(applied, Ordering::Relaxed);
+        self.shared.acked_index.fetch_max(applied, Ordering::Relaxed);
+        let record = Record { reset: Some((index, term)), hs: Some(hs), entries: round.append.clone() };
+        self.write_log(record, true).await?;
+        self.last_compacted = index;
+        self.shadow = self.store.shadow().map_err(|e| e.to_string())?;
+        for (origin, result) in results {
+            self.answer(origin, result);
+        }
+        Ok(())
+    }
+
+    /// Makes a record durable in the log file (appended, or as a rewrite of the whole file),
+    /// then updates the in-memory log raft-rs reads.
+    async fn write_log(&mut self, record: Record, rewrite: bool) -> Result<(), String> {
+        let wal = self.wal.clone();
+        let record = glommio::executor()
+            .spawn_blocking(move || -> Result<Record, String> {
+                let mut wal = wal.lock().unwrap_or_else(|p| p.into_inner());
+                if rewrite {
+                    wal.rewrite(&record).map_err(|e| e.to_string())?;
+                } else {
+                    wal.append(&crate::wal::encode(&record).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+                }
+                Ok(record)
+            })
+            .await?;
+        self.log.borrow_mut().apply(&record).map_err(|e| e.to_string())
+    }
+
+    /// Starts the applier on what has queued, when due (see `APPLY_DELAY`) or `now`, unless
+    /// it is busy. It runs one LMDB transaction on the blocking pool and then wakes the driver
+    /// through its inbox.
+    fn start_applier(&mut self, now: bool) {
+        if self.applier.is_some() || self.queue.entries.is_empty() {
+            return;
+        }
+        let due = now
+            || self.queue.entries.len() >= APPLY_BATCH
+            || self.queue.since.is_some_and(|t| t.elapsed() >= APPLY_DELAY)
+            || self.shared.store_wanted.load(Ordering::Relaxed) > self.shared.durable_applied.load(Ordering::Relaxed);
+        if !due {
+            return;
+        }
+        let q = std::mem::take(&mut self.queue);
+        let last = q.entries.last().map(|e| e.index).unwrap_or(0);
+        let (store, tx) = (self.store.clone(), self.inbox_tx.clone());
+        self.applier = Some(glommio::spawn_local(async move {
+            let stored = glommio::executor()
+                .spawn_blocking(move || -> Result<_, String> {
+                    let mut w = store.write_txn().map_err(|e| e.to_string())?;
+                    let results = apply_entries(&mut LmdbState::new(&store, &mut w), &q.entries)?;
+                    if let Some(cs) = &q.conf_state {
+                        store.write_conf_state(&mut w, cs).map_err(|e| e.to_string())?;
+                    }
+                    w.commit().map_err(|x| x.to_string())?;
+                    Ok(results)
+                })
+                .await;
+            let _ = tx.send(Input::Applied).await;
+            (last, q.results, stored)
+        }));
+    }
+
+    /// Collects a finished applier, if any (without waiting).
+    async fn reap_applier(&mut self) -> Result<(), String> {
+        let Some(task) = self.applier.as_mut() else { return Ok(()) };
+        if let Some(out) = poll_once(task).await {
+            self.applier = None;
+            self.applier_done(out)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the applier and stores everything still queued.
+    async fn drain_applier(&mut self) -> Result<(), String> {
+        loop {
+            if let Some(task) = self.applier.take() {
+                let out = task.await;
+                self.applier_done(out)?;
+            }
+            if self.queue.entries.is_empty() {
+                return Ok(());
+            }
+            self.start_applier(true);
+        }
+    }
+
+    fn applier_done(&mut self, (last, expected, stored): ApplierOutput) -> Result<(), String> {
+        let stored = stored?;
+        // The shadow and the store must agree: apply is deterministic.
+        assert_eq!(expected, stored, "in-memory and stored apply results differ");
         self.shared.durable_applied.fetch_max(last, Ordering::Relaxed);
+        self.release_reads();
         Ok(())
     }
 
@@ -553,35 +687,6 @@ impl Driver {
         if origin.node_id == self.shared.node_id {
             self.route(origin.shard, origin.proposal_id, Outcome::Applied(result));
         }
-    }
-
-    /// Runs `apply` over the in-memory shadow for committed entries.
-    fn shadow_apply(&mut self, entries: &[raft::eraftpb::Entry]) -> Result<Vec<(ProposalOrigin, ApplyResult)>, String> {
-        apply_entries(&mut self.shadow, entries)
-    }
-
-    /// The round's one transaction, on the blocking pool.
-    async fn persist(
-        &self,
-        snapshot: Option<raft::eraftpb::Snapshot>,
-        apply: Vec<raft::eraftpb::Entry>,
-        append: Vec<raft::eraftpb::Entry>,
-        hs: Option<HardState>,
-        cs: Option<raft::eraftpb::ConfState>,
-    ) -> Result<Vec<(ProposalOrigin, ApplyResult)>, String> {
-        let store = self.store.clone();
-        glommio::executor()
-            .spawn_blocking(move || -> Result<_, String> {
-                let mut w = store.write_txn().map_err(|e| e.to_string())?;
-                if let Some(s) = &snapshot {
-                    store.install_snapshot(&mut w, s).map_err(|e| e.to_string())?;
-                }
-                let results = apply_entries(&mut LmdbState::new(&store, &mut w), &apply)?;
-                store.write_raft(&mut w, &append, hs.as_ref(), cs.as_ref()).map_err(|x| x.to_string())?;
-                w.commit().map_err(|x| x.to_string())?;
-                Ok(results)
-            })
-            .await
     }
 
     fn release_reads(&mut self) {
@@ -594,16 +699,16 @@ impl Driver {
         }
     }
 
-    /// Every `snapshot_interval` applied entries, drop the log up to the applied index; a
-    /// lagging or new peer then gets a snapshot of the applied state instead.
+    /// Every `snapshot_interval` applied entries, drop the log up to the applied index (as
+    /// stored in LMDB, so a restart never needs what was dropped): the log file is rewritten
+    /// with what is left. A lagging or new peer then gets a snapshot of the applied state.
     async fn maybe_compact(&mut self) -> Result<(), String> {
-        // Only what is stored: deferred entries must stay in the log until their state is.
         let applied = self.shared.durable_applied.load(Ordering::Relaxed).min(self.replica.node.raft.raft_log.applied);
         if self.cfg.snapshot_interval == 0 || applied < self.last_compacted + self.cfg.snapshot_interval {
             return Ok(());
         }
-        let store = self.store.clone();
-        glommio::executor().spawn_blocking(move || store.compact(applied)).await.map_err(|e| e.to_string())?;
+        let record = self.log.borrow().compacted(applied).map_err(|e| e.to_string())?;
+        self.write_log(record, true).await?;
         self.last_compacted = applied;
         info!("compacted the raft log through index {applied}");
         Ok(())
@@ -664,6 +769,7 @@ impl Driver {
         s.commit_index.store(r.raft_log.committed, Ordering::Relaxed);
         s.applied_index.store(r.raft_log.applied, Ordering::Relaxed);
         s.last_index.store(r.raft_log.last_index(), Ordering::Relaxed);
+        s.first_index.store(self.last_compacted + 1, Ordering::Relaxed);
         s.snapshot_index.store(self.last_compacted, Ordering::Relaxed);
         if role == StateRole::Leader {
             let mut matched = s.matched.lock().unwrap_or_else(|p| p.into_inner());

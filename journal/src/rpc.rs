@@ -848,7 +848,9 @@ pub fn status(shard: &ShardRef) -> Result<JournalStatus, RemoteError> {
             }
         })
         .collect();
-    let (first_log_index, last_log_index, snapshot_index) = shard.store.log_bounds().map_err(internal)?;
+    let first_log_index = s.first_index.load(Ordering::Relaxed);
+    let last_log_index = s.last_index.load(Ordering::Relaxed);
+    let snapshot_index = s.snapshot_index.load(Ordering::Relaxed);
     let txn = shard.store.read_txn().map_err(internal)?;
     let entries = shard.store.entry_count(&txn).map_err(internal)?;
     let last_sequence = shard.store.next_sequence(&txn).map_err(internal)? - 1;

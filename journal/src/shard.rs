@@ -156,6 +156,9 @@ impl Shard {
     pub async fn wait_stored(&self) -> Result<(), RemoteError> {
         use std::sync::atomic::Ordering;
         let target = self.shared.acked_index.load(Ordering::Relaxed);
+        if self.shared.durable_applied.load(Ordering::Relaxed) < target {
+            self.shared.store_wanted.fetch_max(target, Ordering::Relaxed);
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(2);
         while self.shared.durable_applied.load(Ordering::Relaxed) < target {
             if std::time::Instant::now() > deadline {

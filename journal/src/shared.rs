@@ -22,12 +22,17 @@ pub struct Shared {
     pub commit_index: AtomicU64,
     pub applied_index: AtomicU64,
     pub last_index: AtomicU64,
+    /// First index in the raft log (everything before is compacted into the snapshot).
+    pub first_index: AtomicU64,
     pub last_sequence: AtomicU64,
     pub snapshot_index: AtomicU64,
     /// Highest raft index whose results were sent to clients (possibly before being stored).
     pub acked_index: AtomicU64,
     /// Highest raft index whose applied state is committed to LMDB (readable).
     pub durable_applied: AtomicU64,
+    /// Highest index a waiting reader needs stored: the raft driver's applier stores what has
+    /// queued now instead of after its batching delay.
+    pub store_wanted: AtomicU64,
     pub is_learner: AtomicBool,
     /// On the leader: each member's matched log index (for status and lag).
     pub matched: Mutex<HashMap<u64, u64>>,

@@ -4,8 +4,10 @@
 //! raft-rs `RawNode` configured by `raft_driver::raft_config`, driven round by round through
 //! `replica::Replica` (`begin`, make the round durable, `finish`), committed entries decoded
 //! by `replica::decode_entry` and applied by `state::apply`. What is simulated is only what the
-//! driver does with I/O: the disk (an in-memory model of the LMDB store with the same
-//! transaction boundaries: one round = one commit, compaction a separate one), the peer network,
+//! driver does with I/O: the disk (an in-memory model of the log file and the LMDB store with
+//! the same write boundaries: one log write per round that has new entries or a new term or
+//! vote, the applied state stored by the applier behind the log, at random moments, and lost
+//! from the queue at a crash; compaction only through what is stored), the peer network,
 //! the clock, and the clients. Everything random comes from one seeded PRNG and nothing reads
 //! the wall clock, so a seed replays exactly (`pact-sim --seed N --verbose`). raft-rs draws its
 //! randomized election timeout from `rand::thread_rng`; the simulation overrides it from the
@@ -69,7 +71,6 @@ use pact_proto::journal::{
 };
 use pact_proto::policy::PendingApproval;
 use prost::Message as _;
-use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Message, MessageType, Snapshot,
     SnapshotMetadata,
@@ -597,9 +598,10 @@ fn state_diff(a: &SimState, b: &SimState) -> String {
 
 // ---------------------------------------------------------------- the disk
 
-/// What one replica's data dir holds: the raft log and metadata, and the applied state. It
-/// changes only where the journal's LMDB store changes: a round's commit (`persist`), a
-/// compaction, a torn write at a crash.
+/// What one replica's data dir holds: the raft log and hard state (the log file), the conf
+/// state and the applied state (LMDB). It changes only where the journal's do: a round's log
+/// write (`persist`), the applier's transaction (`Live::store_queue`), a compaction, a torn
+/// write at a crash.
 #[derive(Clone, Debug, Default)]
 struct Disk {
     hs: HardState,
@@ -735,23 +737,8 @@ impl raft::Storage for SimStorage {
         max_size: impl Into<Option<u64>>,
         _ctx: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let max_size = max_size.into().unwrap_or(u64::MAX);
         let d = self.0.borrow();
-        if low < d.first {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        assert!(high <= d.last() + 1, "entries({low}, {high}) past the last index {}", d.last());
-        let mut out = Vec::new();
-        let mut size = 0u64;
-        for idx in low..high {
-            let e = d.get(idx).ok_or(raft::Error::Store(StorageError::Unavailable))?;
-            size += u64::from(e.compute_size());
-            if !out.is_empty() && size > max_size {
-                break;
-            }
-            out.push(e.clone());
-        }
-        Ok(out)
+        crate::raft_log::entries_in(d.first, d.last(), |i| d.get(i), low, high, max_size.into())
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
@@ -803,6 +790,32 @@ struct Live {
     last_term: u64,
     /// `Driver::shadow`: what `apply` reads, in memory, to answer at commit time.
     shadow: Shadow,
+    /// `Driver::queue`: committed entries answered from the shadow and durable in the log,
+    /// whose applied state the applier has not stored yet (a crash loses them; the restart
+    /// applies them again from the log), with the conf state to store with them and the
+    /// results the shadow answered.
+    queue: Vec<Entry>,
+    queue_cs: Option<ConfState>,
+    queue_results: Vec<(ProposalOrigin, ApplyResult)>,
+}
+
+impl Live {
+    /// `Driver::start_applier` to completion: one transaction storing what has queued.
+    fn store_queue(&mut self, disk: &mut Disk, id: u64) -> Result<(), String> {
+        if self.queue.is_empty() {
+            return Ok(());
+        }
+        let stored = apply_entries(&mut disk.state, &self.queue)?;
+        if let Some(cs) = self.queue_cs.take() {
+            disk.cs = cs;
+        }
+        self.queue.clear();
+        let expected = std::mem::take(&mut self.queue_results);
+        if stored != expected {
+            return Err(format!("replica {id}: in-memory and stored apply results differ: {expected:?} vs {stored:?}"));
+        }
+        Ok(())
+    }
 }
 
 struct Node {
@@ -967,24 +980,39 @@ fn shadow_apply(shadow: &mut Shadow, entries: &[Entry]) -> Result<Vec<(ProposalO
     apply_entries(shadow, entries)
 }
 
-/// A round made durable, as `Driver::persist` does it in one LMDB transaction: install the
-/// snapshot, apply the committed entries, append, hard state, conf state. Returns the
-/// results to route to proposers.
+/// A round made durable, as `Driver::round` does it. A snapshot round stores what the applier
+/// had queued, replaces the state, applies what was committed with it and restarts the log;
+/// any other round writes only the log (new entries and the hard state) and queues its
+/// committed entries for the applier. Returns the results of a snapshot round (the others were
+/// answered from the shadow).
 fn persist(
     disk: &mut Disk,
+    live: &mut Live,
     round: &Round,
+    hs: HardState,
     committed: &mut BTreeMap<u64, Committed>,
     who: u64,
 ) -> Result<Vec<(ProposalOrigin, ApplyResult)>, String> {
-    if let Some(s) = &round.snapshot {
-        disk.install_snapshot(s)?;
-    }
     for e in &round.apply {
         observe(committed, e, who, "applies")?;
     }
-    let results = apply_entries(&mut disk.state, &round.apply)?;
-    disk.write_raft(&round.append, round.hard_state.as_ref(), round.conf_state.as_ref())?;
-    Ok(results)
+    if let Some(s) = &round.snapshot {
+        live.store_queue(disk, who)?;
+        disk.install_snapshot(s)?;
+        let results = apply_entries(&mut disk.state, &round.apply)?;
+        disk.write_raft(&round.append, round.hard_state.as_ref(), round.conf_state.as_ref())?;
+        return Ok(results);
+    }
+    live.queue.extend(round.apply.iter().cloned());
+    if round.conf_state.is_some() {
+        live.queue_cs = round.conf_state.clone();
+    }
+    // Like the driver, a round with no new entries and the same term and vote writes nothing
+    // (its commit index is not persisted).
+    if !round.append.is_empty() || (hs.term, hs.vote) != (disk.hs.term, disk.hs.vote) {
+        disk.write_raft(&round.append, Some(&hs), None)?;
+    }
+    Ok(Vec::new())
 }
 
 impl<'o> Sim<'o> {
@@ -1136,7 +1164,10 @@ impl<'o> Sim<'o> {
         let id = self.nodes[i].id;
         let disk = self.nodes[i].disk.clone();
         let (applied, last_compacted, shadow) = {
-            let d = disk.borrow();
+            // `raft_log::open`: everything applied was committed, even if the hard state
+            // saying so did not reach the log before a crash.
+            let mut d = disk.borrow_mut();
+            d.hs.commit = d.hs.commit.max(d.state.applied_index);
             (d.state.applied_index, d.snap_index, shadow_of(&d.state))
         };
         let cfg = raft_config(id, applied);
@@ -1159,6 +1190,9 @@ impl<'o> Sim<'o> {
             pending: BTreeMap::new(),
             last_term,
             shadow,
+            queue: Vec::new(),
+            queue_cs: None,
+            queue_results: Vec::new(),
         });
         Ok(())
     }
@@ -1621,6 +1655,12 @@ impl<'o> Sim<'o> {
     fn round(&mut self, i: usize) -> Result<(), String> {
         let id = self.nodes[i].id;
         let mut live = self.nodes[i].live.take().unwrap();
+        // The applier finishes now and then (always while healing, so every replica's stored
+        // state converges); until it does, its entries exist only in the log.
+        if self.healing || self.rng.chance(0.5) {
+            let disk = self.nodes[i].disk.clone();
+            live.store_queue(&mut disk.borrow_mut(), id)?;
+        }
         let round = match live.replica.begin() {
             Ok(Some(r)) => r,
             Ok(None) => {
@@ -1660,8 +1700,8 @@ impl<'o> Sim<'o> {
         }
         let disk = self.nodes[i].disk.clone();
         if crash == Some(1) {
-            // LMDB commits a transaction whole or not at all; a torn write models a disk
-            // without that guarantee at its weakest: a prefix of the new log entries reached
+            // The log file drops a torn last record whole (its checksum fails); a torn write
+            // models a disk without that guarantee at its weakest: a prefix of the new log entries reached
             // the disk, nothing else of the round did (no hard state, no applied state, no
             // conf state). Raft must cope: none of the round's persisted messages went out,
             // and what was answered early was committed already.
@@ -1675,16 +1715,11 @@ impl<'o> Sim<'o> {
             self.crash(i, &format!("torn write: {k} of {len} new entries durable"));
             return Ok(());
         }
-        let results = persist(&mut disk.borrow_mut(), &round, &mut self.committed, id)?;
-        {
-            let d = disk.borrow();
-            if d.state.applied_index > d.hs.commit {
-                return Err(format!(
-                    "replica {id} persisted applied index {} above its persisted commit index {}",
-                    d.state.applied_index, d.hs.commit
-                ));
-            }
+        if let Some(early) = &early {
+            live.queue_results.extend(early.iter().cloned());
         }
+        let hs = round.hard_state.clone().unwrap_or_else(|| live.replica.node.raft.hard_state());
+        let results = persist(&mut disk.borrow_mut(), &mut live, &round, hs, &mut self.committed, id)?;
         if let Some(s) = &round.snapshot {
             let (idx, term) = (s.get_metadata().index, s.get_metadata().term);
             live.checked_commit = live.checked_commit.max(idx);
@@ -1699,20 +1734,11 @@ impl<'o> Sim<'o> {
                 }
             }
         }
-        match early {
-            // The driver asserts this: apply is deterministic.
-            Some(early) if early != results => {
-                return Err(format!(
-                    "replica {id}: in-memory and stored apply results differ: {early:?} vs {results:?}"
-                ))
-            }
-            Some(_) => {}
-            None => {
-                live.shadow = shadow_of(&disk.borrow().state);
-                for (origin, result) in results {
-                    if origin.node_id == id {
-                        self.answer(&mut live, origin.proposal_id, result)?;
-                    }
+        if early.is_none() {
+            live.shadow = shadow_of(&disk.borrow().state);
+            for (origin, result) in results {
+                if origin.node_id == id {
+                    self.answer(&mut live, origin.proposal_id, result)?;
                 }
             }
         }
@@ -1725,16 +1751,22 @@ impl<'o> Sim<'o> {
         self.send(id, after, &mut live.reports);
         let raft_applied = live.replica.node.raft.raft_log.applied;
         let state_applied = disk.borrow().state.applied_index;
-        if raft_applied > state_applied {
+        // What raft-rs marks applied is stored, or queued for the applier right after it.
+        let queued: Vec<u64> = live.queue.iter().map(|e| e.index).collect();
+        if queued.iter().zip(state_applied + 1..).any(|(q, want)| *q != want)
+            || queued.last().copied().unwrap_or(state_applied) != raft_applied
+        {
             return Err(format!(
-                "replica {id}: raft-rs marks {raft_applied} applied, the state machine applied {state_applied}"
+                "replica {id}: raft-rs marks {raft_applied} applied, the state machine stored {state_applied} \
+                 and queued {queued:?}"
             ));
         }
-        // `Driver::maybe_compact`.
+        // `Driver::maybe_compact`: only through what is stored.
         let every = self.faults.snapshot_interval;
-        if every > 0 && raft_applied >= live.last_compacted + every {
-            disk.borrow_mut().compact(raft_applied)?;
-            live.last_compacted = raft_applied;
+        let through = raft_applied.min(state_applied);
+        if every > 0 && through >= live.last_compacted + every {
+            disk.borrow_mut().compact(through)?;
+            live.last_compacted = through;
             self.report.compactions += 1;
         }
         // Committed-prefix stability: what this replica now holds committed and durable.

@@ -1,4 +1,5 @@
-//! The LMDB store (through heed): the raft log and hard state, and the applied state.
+//! The LMDB store (through heed): the applied state, the conf state that goes with it, and
+//! the raft metadata that is not the log (the raft log and hard state are in `wal.rs`).
 //! Layouts live in `codec.rs`. Writers: only the raft shard (through `persist_ready` and
 //! `apply`), always on its blocking pool. Readers: any shard, with short read transactions
 //! (LMDB MVCC: readers never block the writer).
@@ -14,7 +15,6 @@ use pact_proto::policy::{ApprovalStatus, PendingApproval};
 use prost::Message as _;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
-use raft::{GetEntriesContext, RaftState, StorageError};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -156,15 +156,13 @@ impl Store {
         if self.inner.raft_meta.get(&w, KEY_BOOTSTRAPPED)?.is_some() {
             return Err(StoreError::Corrupt("already bootstrapped".into()));
         }
-        // The founding member alone, recorded as a snapshot at index 1 (term 1): the log
-        // starts at 2, so every journal that joins later is sent that snapshot first and learns
-        // the founding membership (and the founder's address) from it; everything after comes
-        // through replicated conf changes. The founder then campaigns from term 1.
+        // The founding member alone, recorded as a snapshot at index 1 (term 1): the raft log
+        // (`wal.rs`) starts at 2, so every journal that joins later is sent that snapshot first
+        // and learns the founding membership (and the founder's address) from it; everything
+        // after comes through replicated conf changes. The log itself is started from this
+        // snapshot point when it is opened (`raft_log::open`).
         let cs = ConfState { voters: vec![me.id], ..Default::default() };
         self.put_proto(&mut w, KEY_CONF_STATE, &cs)?;
-        let hs = HardState { term: 1, vote: 0, commit: 1, ..Default::default() };
-        self.put_proto(&mut w, KEY_HARD_STATE, &hs)?;
-        self.inner.raft_meta.put(&mut w, KEY_FIRST_INDEX, &u64_key(2))?;
         self.inner.raft_meta.put(&mut w, KEY_SNAPSHOT_INDEX, &u64_key(1))?;
         self.inner.raft_meta.put(&mut w, KEY_SNAPSHOT_TERM, &u64_key(1))?;
         self.inner.state_meta.put(&mut w, KEY_APPLIED_INDEX, &u64_key(1))?;
@@ -192,83 +190,65 @@ impl Store {
         }
     }
 
-    pub fn hard_state(&self) -> Result<HardState> {
-        let r = self.read_txn()?;
-        Ok(self.get_proto(&r, KEY_HARD_STATE)?.unwrap_or_default())
-    }
-
     pub fn conf_state(&self) -> Result<ConfState> {
         let r = self.read_txn()?;
         Ok(self.get_proto(&r, KEY_CONF_STATE)?.unwrap_or_default())
     }
 
-    fn first_index_in(&self, r: &RoTxn) -> Result<u64> {
-        Ok(self.inner.raft_meta.get(r, KEY_FIRST_INDEX)?.and_then(read_u64).unwrap_or(1))
+    /// The conf state in force at the applied index; written with the applied entries.
+    pub fn write_conf_state(&self, w: &mut RwTxn, cs: &ConfState) -> Result<()> {
+        self.put_proto(w, KEY_CONF_STATE, cs)
     }
 
-    /// Index and term of the latest snapshot (0, 0 when the log was never compacted).
-    fn snapshot_point(&self, r: &RoTxn) -> Result<(u64, u64)> {
-        let g = |k| -> Result<u64> { Ok(self.inner.raft_meta.get(r, k)?.and_then(read_u64).unwrap_or(0)) };
+    /// Index and term of the snapshot the applied state was last installed from (the
+    /// founding membership at (1, 1) on a bootstrapped journal; (0, 0) before anything).
+    pub fn snapshot_point(&self) -> Result<(u64, u64)> {
+        let r = self.read_txn()?;
+        let g = |k| -> Result<u64> { Ok(self.inner.raft_meta.get(&r, k)?.and_then(read_u64).unwrap_or(0)) };
         Ok((g(KEY_SNAPSHOT_INDEX)?, g(KEY_SNAPSHOT_TERM)?))
     }
 
-    fn last_index_in(&self, r: &RoTxn) -> Result<u64> {
-        match self.inner.raft_log.last(r)? {
-            Some((k, _)) => read_u64(k).ok_or_else(|| StoreError::Corrupt("raft_log key".into())),
-            None => Ok(self.first_index_in(r)? - 1),
-        }
-    }
-
-    pub fn last_index(&self) -> Result<u64> {
+    /// A data dir written before the raft log moved out of LMDB (`wal.rs`) kept it in
+    /// `raft_log`, with the hard state and log start in `raft_meta`. Returns that log, once,
+    /// for `raft_log::open` to move into the log file (then `drop_legacy_raft_log`).
+    pub fn legacy_raft_log(&self) -> Result<Option<crate::wal::MemLog>> {
         let r = self.read_txn()?;
-        self.last_index_in(&r)
+        let Some(hs) = self.get_proto::<HardState>(&r, KEY_HARD_STATE)? else { return Ok(None) };
+        let first = self.inner.raft_meta.get(&r, KEY_FIRST_INDEX)?.and_then(read_u64).unwrap_or(1);
+        let snap_term = self.inner.raft_meta.get(&r, KEY_SNAPSHOT_TERM)?.and_then(read_u64).unwrap_or(0);
+        let mut entries = Vec::new();
+        for kv in self.inner.raft_log.iter(&r)? {
+            let (k, v) = kv?;
+            let mut e = Entry::default();
+            e.merge_from_bytes(v).map_err(|x| StoreError::Corrupt(format!("legacy raft entry: {x}")))?;
+            if read_u64(k) != Some(e.index) || e.index != first + entries.len() as u64 {
+                return Err(StoreError::Corrupt(format!("legacy raft log: entry {} out of place", e.index)));
+            }
+            entries.push(e);
+        }
+        Ok(Some(crate::wal::MemLog { first, snap_term, entries, hs }))
     }
 
-    /// Appends entries, truncating any conflicting suffix (raft may overwrite an uncommitted
-    /// tail after a leader change), and persists the hard state, in one transaction.
-    pub fn persist_ready(&self, entries: &[Entry], hs: Option<&HardState>, cs: Option<&ConfState>) -> Result<()> {
+    pub fn drop_legacy_raft_log(&self) -> Result<()> {
         let mut w = self.write_txn()?;
-        self.write_raft(&mut w, entries, hs, cs)?;
+        self.inner.raft_log.clear(&mut w)?;
+        self.inner.raft_meta.delete(&mut w, KEY_HARD_STATE)?;
+        self.inner.raft_meta.delete(&mut w, KEY_FIRST_INDEX)?;
         w.commit()?;
         Ok(())
     }
 
-    /// The body of `persist_ready`, inside a caller's transaction.
-    pub fn write_raft(
-        &self,
-        w: &mut RwTxn,
-        entries: &[Entry],
-        hs: Option<&HardState>,
-        cs: Option<&ConfState>,
-    ) -> Result<()> {
-        if let Some(first) = entries.first() {
-            let first_index = self.inner.raft_meta.get(w, KEY_FIRST_INDEX)?.and_then(read_u64).unwrap_or(1);
-            assert!(first.index >= first_index, "append below the log start: {} < {first_index}", first.index);
-            // Drop everything from the first new index on.
-            let start = u64_key(first.index);
-            let stale: Vec<Vec<u8>> = self
-                .inner
-                .raft_log
-                .range(w, &(std::ops::Bound::Included(&start[..]), std::ops::Bound::Unbounded))?
-                .map(|kv| kv.map(|(k, _)| k.to_vec()))
-                .collect::<std::result::Result<_, _>>()?;
-            for k in stale {
-                self.inner.raft_log.delete(w, &k)?;
-            }
-            let mut prev = first.index - 1;
-            for e in entries {
-                assert_eq!(e.index, prev + 1, "raft handed us a log with a gap");
-                prev = e.index;
-                let bytes = e.write_to_bytes().map_err(|err| StoreError::Corrupt(err.to_string()))?;
-                self.inner.raft_log.put(w, &u64_key(e.index), &bytes)?;
-            }
+    /// Test support: a data dir in the layout before `wal.rs` (the raft log in LMDB).
+    #[doc(hidden)]
+    pub fn write_legacy_raft_log(&self, log: &crate::wal::MemLog) -> Result<()> {
+        let mut w = self.write_txn()?;
+        for e in &log.entries {
+            let bytes = e.write_to_bytes().map_err(|err| StoreError::Corrupt(err.to_string()))?;
+            self.inner.raft_log.put(&mut w, &u64_key(e.index), &bytes)?;
         }
-        if let Some(hs) = hs {
-            self.put_proto(w, KEY_HARD_STATE, hs)?;
-        }
-        if let Some(cs) = cs {
-            self.put_proto(w, KEY_CONF_STATE, cs)?;
-        }
+        self.put_proto(&mut w, KEY_HARD_STATE, &log.hs)?;
+        self.inner.raft_meta.put(&mut w, KEY_FIRST_INDEX, &u64_key(log.first))?;
+        w.commit()?;
         Ok(())
     }
 
@@ -313,8 +293,6 @@ impl Store {
         }
         self.inner.state_meta.put(w, KEY_PARTITIONS, &u64_key(u64::from(parts)))?;
         self.inner.state_meta.put(w, KEY_APPLIED_INDEX, &u64_key(meta.index))?;
-        self.inner.raft_log.clear(w)?;
-        self.inner.raft_meta.put(w, KEY_FIRST_INDEX, &u64_key(meta.index + 1))?;
         self.inner.raft_meta.put(w, KEY_SNAPSHOT_INDEX, &u64_key(meta.index))?;
         self.inner.raft_meta.put(w, KEY_SNAPSHOT_TERM, &u64_key(meta.term))?;
         self.inner.raft_meta.put(w, KEY_BOOTSTRAPPED, &u64_key(1))?;
@@ -322,17 +300,16 @@ impl Store {
         Ok(())
     }
 
-    /// The applied state as snapshot data, with its metadata (index = applied index).
-    pub fn build_snapshot(&self) -> Result<Snapshot> {
+    /// The applied state as snapshot data, with its metadata (index = applied index; its
+    /// term comes from the raft log through `term_of`, or is the installed snapshot's).
+    pub fn build_snapshot(&self, term_of: &dyn Fn(u64) -> Option<u64>) -> Result<Snapshot> {
+        let (snap_index, snap_term) = self.snapshot_point()?;
         let r = self.read_txn()?;
         let applied = self.meta_u64(&r, KEY_APPLIED_INDEX)?;
-        let (snap_index, snap_term) = self.snapshot_point(&r)?;
         let term = if applied == snap_index {
             snap_term
         } else {
-            self.raft_entry(&r, applied)?
-                .ok_or_else(|| StoreError::Corrupt(format!("applied entry {applied} is not in the log")))?
-                .term
+            term_of(applied).ok_or_else(|| StoreError::Corrupt(format!("applied entry {applied} is not in the log")))?
         };
         let mut data = Vec::new();
         let tables: [(u8, &Db); 9] = [
@@ -366,42 +343,6 @@ impl Store {
         let conf_state: ConfState = self.get_proto(&r, KEY_CONF_STATE)?.unwrap_or_default();
         let meta = SnapshotMetadata { index: applied, term, conf_state: Some(conf_state).into(), ..Default::default() };
         Ok(Snapshot { data: data.into(), metadata: Some(meta).into(), ..Default::default() })
-    }
-
-    /// Drops log entries up to `index` (which must be applied), remembering its term.
-    pub fn compact(&self, index: u64) -> Result<()> {
-        let mut w = self.write_txn()?;
-        let applied = self.meta_u64(&w, KEY_APPLIED_INDEX)?;
-        assert!(index <= applied, "compacting past the applied index: {index} > {applied}");
-        let first = self.inner.raft_meta.get(&w, KEY_FIRST_INDEX)?.and_then(read_u64).unwrap_or(1);
-        if index < first {
-            return Ok(());
-        }
-        let term = self
-            .raft_entry(&w, index)?
-            .ok_or_else(|| StoreError::Corrupt(format!("compaction point {index} is not in the log")))?
-            .term;
-        let hi = u64_key(index);
-        let doomed: Vec<Vec<u8>> = self
-            .inner
-            .raft_log
-            .range(&w, &(std::ops::Bound::Unbounded, std::ops::Bound::Included(&hi[..])))?
-            .map(|kv| kv.map(|(k, _)| k.to_vec()))
-            .collect::<std::result::Result<_, _>>()?;
-        for k in doomed {
-            self.inner.raft_log.delete(&mut w, &k)?;
-        }
-        self.inner.raft_meta.put(&mut w, KEY_FIRST_INDEX, &u64_key(index + 1))?;
-        self.inner.raft_meta.put(&mut w, KEY_SNAPSHOT_INDEX, &u64_key(index))?;
-        self.inner.raft_meta.put(&mut w, KEY_SNAPSHOT_TERM, &u64_key(term))?;
-        w.commit()?;
-        Ok(())
-    }
-
-    /// (first log index, last log index, snapshot index) for status and metrics.
-    pub fn log_bounds(&self) -> Result<(u64, u64, u64)> {
-        let r = self.read_txn()?;
-        Ok((self.first_index_in(&r)?, self.last_index_in(&r)?, self.snapshot_point(&r)?.0))
     }
 
     /// Members the founder has still to invite (see `codec::KEY_INVITES`).
@@ -551,23 +492,6 @@ impl Store {
     pub fn members(&self) -> Result<Vec<Member>> {
         let r = self.read_txn()?;
         members_in(&self.inner.members, &r)
-    }
-
-    pub fn raft_entry(&self, r: &RoTxn, index: u64) -> Result<Option<Entry>> {
-        match self.inner.raft_log.get(r, &u64_key(index))? {
-            None => Ok(None),
-            Some(b) => {
-                let mut e = Entry::default();
-                e.merge_from_bytes(b).map_err(|err| StoreError::Corrupt(format!("raft entry {index}: {err}")))?;
-                Ok(Some(e))
-            }
-        }
-    }
-
-    /// Number of entries currently in the raft log (for metrics).
-    pub fn raft_log_len(&self) -> Result<u64> {
-        let r = self.read_txn()?;
-        Ok(self.inner.raft_log.len(&r)?)
     }
 
     // ---------------- applied state ----------------
@@ -868,88 +792,6 @@ impl StateTxn for LmdbState<'_, '_, '_> {
 
 fn decode_prost<M: prost::Message + Default>(b: &[u8], what: &str) -> Result<M> {
     M::decode(b).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
-}
-
-fn storage_err(e: StoreError) -> raft::Error {
-    raft::Error::Store(StorageError::Other(Box::new(e)))
-}
-
-/// raft-rs reads its log through this. All reads are LMDB read transactions.
-pub struct RaftStorage {
-    pub store: Store,
-}
-
-impl raft::Storage for RaftStorage {
-    fn initial_state(&self) -> raft::Result<RaftState> {
-        let hard_state = self.store.hard_state().map_err(storage_err)?;
-        let conf_state = self.store.conf_state().map_err(storage_err)?;
-        Ok(RaftState { hard_state, conf_state })
-    }
-
-    fn entries(
-        &self,
-        low: u64,
-        high: u64,
-        max_size: impl Into<Option<u64>>,
-        _ctx: GetEntriesContext,
-    ) -> raft::Result<Vec<Entry>> {
-        let max_size = max_size.into().unwrap_or(u64::MAX);
-        let r = self.store.read_txn().map_err(storage_err)?;
-        let first = self.store.first_index_in(&r).map_err(storage_err)?;
-        if low < first {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        let last = self.store.last_index_in(&r).map_err(storage_err)?;
-        assert!(high <= last + 1, "entries({low}, {high}) past the last index {last}");
-        let mut out = Vec::new();
-        let mut size = 0u64;
-        for idx in low..high {
-            let e = self
-                .store
-                .raft_entry(&r, idx)
-                .map_err(storage_err)?
-                .ok_or(raft::Error::Store(StorageError::Unavailable))?;
-            size += u64::from(e.compute_size());
-            if !out.is_empty() && size > max_size {
-                break;
-            }
-            out.push(e);
-        }
-        Ok(out)
-    }
-
-    fn term(&self, idx: u64) -> raft::Result<u64> {
-        let r = self.store.read_txn().map_err(storage_err)?;
-        let first = self.store.first_index_in(&r).map_err(storage_err)?;
-        if idx == first - 1 {
-            // The entry just before the log start: the latest snapshot's term (0 before any).
-            return Ok(self.store.snapshot_point(&r).map_err(storage_err)?.1);
-        }
-        if idx < first {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        match self.store.raft_entry(&r, idx).map_err(storage_err)? {
-            Some(e) => Ok(e.term),
-            None => Err(raft::Error::Store(StorageError::Unavailable)),
-        }
-    }
-
-    fn first_index(&self) -> raft::Result<u64> {
-        let r = self.store.read_txn().map_err(storage_err)?;
-        self.store.first_index_in(&r).map_err(storage_err)
-    }
-
-    fn last_index(&self) -> raft::Result<u64> {
-        self.store.last_index().map_err(storage_err)
-    }
-
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let snap = self.store.build_snapshot().map_err(storage_err)?;
-        if snap.get_metadata().index < request_index {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
-        }
-        Ok(snap)
-    }
 }
 
 #[cfg(test)]
