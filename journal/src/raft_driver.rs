@@ -313,7 +313,7 @@ impl Driver {
         match input {
             Input::Proposal(p) => self.propose(p),
             Input::Raft(m) => {
-                if let Err(e) = self.node().step(*m) {
+                if let Err(e) = self.replica.step(*m) {
                     debug!("raft step: {e}");
                 }
             }

@@ -1536,7 +1536,7 @@ impl<'o> Sim<'o> {
             };
             // Errors here are raft refusing a message (e.g. from a peer it does not know);
             // the driver logs them at debug and goes on.
-            let _ = live.replica.node.step(f.msg);
+            let _ = live.replica.step(f.msg);
             rerandomize(&mut live.replica.node, &mut self.rng, self.election_ticks);
         }
     }
