@@ -122,6 +122,83 @@ struct Report {
     etcd: Vec<EtcdComparison>,
     /// The leader failover measurement; absent when it did not run (--nodes 1, --no-failover).
     failover: Option<FailoverReport>,
+    /// With the etcd baseline: per client count, the medians over the `--repeat` runs.
+    summary: Vec<Summary>,
+}
+
+/// Medians over the repetitions of one client count (pact and etcd ran alternately, each
+/// repetition on a fresh quorum), and the range of the per-run throughput ratios.
+#[derive(SerJson)]
+struct Summary {
+    clients: u32,
+    runs: u32,
+    pact_commits_per_sec: f64,
+    etcd_puts_per_sec: f64,
+    throughput_ratio: f64,
+    min_throughput_ratio: f64,
+    max_throughput_ratio: f64,
+    pact_p99_ms: f64,
+    etcd_p99_ms: f64,
+    p99_ratio: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn summarize(rows: &[EtcdComparison]) -> Vec<Summary> {
+    let mut counts: Vec<u32> = rows.iter().map(|r| r.clients).collect();
+    counts.dedup();
+    counts
+        .into_iter()
+        .map(|c| {
+            let runs: Vec<&EtcdComparison> = rows.iter().filter(|r| r.clients == c).collect();
+            let col = |f: &dyn Fn(&EtcdComparison) -> f64| runs.iter().map(|r| f(r)).collect::<Vec<f64>>();
+            let (pact, etcd) = (median(col(&|r| r.pact_commits_per_sec)), median(col(&|r| r.etcd.puts_per_sec)));
+            let (pact_p99, etcd_p99) = (median(col(&|r| r.pact_p99_ms)), median(col(&|r| r.etcd.p99_ms)));
+            let ratios = col(&|r| r.throughput_ratio);
+            Summary {
+                clients: c,
+                runs: runs.len() as u32,
+                pact_commits_per_sec: pact,
+                etcd_puts_per_sec: etcd,
+                throughput_ratio: if etcd > 0.0 { pact / etcd } else { 0.0 },
+                min_throughput_ratio: ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                max_throughput_ratio: ratios.iter().copied().fold(0.0, f64::max),
+                pact_p99_ms: pact_p99,
+                etcd_p99_ms: etcd_p99,
+                p99_ratio: if etcd_p99 > 0.0 { pact_p99 / etcd_p99 } else { 0.0 },
+            }
+        })
+        .collect()
+}
+
+fn print_summary(rows: &[Summary]) {
+    println!("summary: medians over the runs of each client count; ratios are pact/etcd (range of the per-run ratios)");
+    println!(
+        "{:>8} {:>5} {:>11} {:>9} {:>9} {:>13} {:>10} {:>10} {:>7}",
+        "clients", "runs", "pact c/s", "etcd p/s", "x thrput", "range", "pact p99", "etcd p99", "x p99"
+    );
+    for s in rows {
+        println!(
+            "{:>8} {:>5} {:>11.0} {:>9.0} {:>9.2} {:>6.2}-{:<6.2} {:>10.2} {:>10.2} {:>7.2}",
+            s.clients,
+            s.runs,
+            s.pact_commits_per_sec,
+            s.etcd_puts_per_sec,
+            s.throughput_ratio,
+            s.min_throughput_ratio,
+            s.max_throughput_ratio,
+            s.pact_p99_ms,
+            s.etcd_p99_ms,
+            s.p99_ratio
+        );
+    }
 }
 
 /// pact against etcd at one client count. Ratios are pact/etcd: throughput above 1 and
@@ -193,6 +270,8 @@ struct Opts {
     /// None: the default for the node count (on with 3).
     failover: Option<bool>,
     failover_runs: u32,
+    /// Runs per client count (`--repeat`).
+    repeat: u32,
 }
 
 fn parse(args: Vec<std::ffi::OsString>) -> Result<Opts, String> {
@@ -209,6 +288,7 @@ fn parse(args: Vec<std::ffi::OsString>) -> Result<Opts, String> {
         nodes: 3,
         failover: None,
         failover_runs: 5,
+        repeat: 1,
     };
     let mut p = lexopt::Parser::from_args(args);
     fn value(p: &mut lexopt::Parser) -> Result<String, String> {
@@ -265,6 +345,12 @@ fn parse(args: Vec<std::ffi::OsString>) -> Result<Opts, String> {
                 o.failover_runs = val()?.parse().map_err(|_| "--failover-runs: expected a number")?;
                 if o.failover_runs == 0 || o.failover_runs > 100 {
                     return Err("--failover-runs: expected 1..=100".into());
+                }
+            }
+            "repeat" => {
+                o.repeat = val()?.parse().map_err(|_| "--repeat: expected a number")?;
+                if o.repeat == 0 || o.repeat > 20 {
+                    return Err("--repeat: expected 1..=20".into());
                 }
             }
             other => return Err(format!("commit: unknown option --{other}")),
@@ -778,16 +864,19 @@ pub fn run(args: Vec<std::ffi::OsString>) -> Result<(), (u8, String)> {
     let mut rows = Vec::new();
     let mut etcd = Vec::new();
     for &c in &o.clients {
-        let r = if o.nodes == 1 { one_run_single(&o, c) } else { one_run_quorum(&o, c) };
-        let mut r = r.map_err(|e| (1, e))?;
-        r.fsync_baseline_per_sec = baseline;
-        r.ratio_to_fsync_baseline = r.commits_per_sec / baseline;
-        if o.etcd {
-            let e = run_etcd(c, o.seconds, o.payload, &o.dir).map_err(|e| (1, format!("etcd baseline: {e}")))?;
-            etcd.push(compare_to_etcd(&r, o.nodes, e));
+        for _ in 0..o.repeat {
+            let r = if o.nodes == 1 { one_run_single(&o, c) } else { one_run_quorum(&o, c) };
+            let mut r = r.map_err(|e| (1, e))?;
+            r.fsync_baseline_per_sec = baseline;
+            r.ratio_to_fsync_baseline = r.commits_per_sec / baseline;
+            if o.etcd {
+                let e = run_etcd(c, o.seconds, o.payload, &o.dir).map_err(|e| (1, format!("etcd baseline: {e}")))?;
+                etcd.push(compare_to_etcd(&r, o.nodes, e));
+            }
+            rows.push(r);
         }
-        rows.push(r);
     }
+    let summary = summarize(&etcd);
     let failover = if o.failover() { Some(failover(&o).map_err(|e| (1, format!("failover: {e}")))?) } else { None };
     let routing = if o.nodes == 1 {
         "one journal".to_string()
@@ -840,6 +929,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> Result<(), (u8, String)> {
     }
     if o.etcd {
         print_etcd_table(&etcd_version, o.nodes, &etcd);
+        print_summary(&summary);
     }
     if let Some(f) = &failover {
         print_failover(f);
@@ -856,6 +946,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> Result<(), (u8, String)> {
         etcd_version,
         etcd,
         failover,
+        summary,
     };
     let json_path = o.json.clone().unwrap_or_else(|| o.dir.join("commit.json"));
     std::fs::write(&json_path, report.serialize_json()).map_err(|e| (1, format!("{}: {e}", json_path.display())))?;
@@ -883,6 +974,34 @@ mod tests {
         assert!(parse(args(&["--nodes", "1", "--failover"])).is_err());
         assert!(parse(args(&["--nodes", "2"])).is_err());
         assert!(parse(args(&["--failover-runs", "0"])).is_err());
+        assert_eq!(parse(args(&["--repeat", "3"])).unwrap().repeat, 3);
+        assert!(parse(args(&["--repeat", "0"])).is_err());
+    }
+
+    #[test]
+    fn the_summary_takes_medians_per_client_count() {
+        let comparison = |clients: u32, pact: f64, etcd: f64| EtcdComparison {
+            clients,
+            pact_nodes: 3,
+            pact_commits_per_sec: pact,
+            pact_p99_ms: 1.0,
+            etcd: EtcdRow { puts_per_sec: etcd, p99_ms: 2.0, ..Default::default() },
+            throughput_ratio: pact / etcd,
+            p99_ratio: 0.5,
+        };
+        let rows = [
+            comparison(1, 100.0, 50.0),
+            comparison(1, 300.0, 100.0),
+            comparison(1, 200.0, 200.0),
+            comparison(16, 10.0, 5.0),
+        ];
+        let s = summarize(&rows);
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].runs, s[0].pact_commits_per_sec, s[0].etcd_puts_per_sec), (3, 200.0, 100.0));
+        assert_eq!((s[0].throughput_ratio, s[0].min_throughput_ratio, s[0].max_throughput_ratio), (2.0, 1.0, 3.0));
+        assert_eq!((s[0].pact_p99_ms, s[0].etcd_p99_ms, s[0].p99_ratio), (1.0, 2.0, 0.5));
+        assert_eq!((s[1].clients, s[1].runs, s[1].throughput_ratio), (16, 1, 2.0));
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 
     #[test]

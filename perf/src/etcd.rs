@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// One etcd run at one client count.
-#[derive(SerJson, Clone)]
+#[derive(SerJson, Clone, Default)]
 pub struct EtcdRow {
     pub clients: u32,
     pub seconds: f64,

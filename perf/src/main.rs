@@ -37,6 +37,9 @@ BENCHMARKS:
                       --nodes 1|3 (default 3)
                       --failover | --no-failover (default: on with --nodes 3)
                       --failover-runs N (default 5)
+                      --repeat N (default 1): each client count N times, pact and etcd
+                        alternating, each time on a fresh quorum; a summary gives the
+                        medians and the range of the ratios
                       --journal PATH (default: pact-journal next to this binary)
                       --dir DIR (data and results, default ./perf/results)
                       --json FILE (default DIR/commit.json)
