@@ -481,7 +481,14 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
                 gate = authz::Gate::Approval;
             }
             if let Some(p) = entry.parent {
-                let next = next_sequence(shard)?;
+                let mut next = next_sequence(shard)?;
+                if p >= next {
+                    // A platform admin's append did not wait for the store above: the parent
+                    // may be a write acknowledged a moment ago and not stored yet. Look again
+                    // as of it before refusing (apply checks the parent again either way).
+                    shard.wait_stored().await?;
+                    next = next_sequence(shard)?;
+                }
                 if p == 0 || p >= next {
                     return Err(err(
                         ErrorCode::FailedPrecondition,
@@ -610,6 +617,8 @@ async fn handle_as(shard: &ShardRef, method: Method, req: &Request, caller: &Cal
             if r.node_id == 0 {
                 return Err(err(ErrorCode::InvalidArgument, "node_id must be 1 or more"));
             }
+            // As of the latest acknowledged change (a promotion right after the add-learner).
+            shard.wait_stored().await?;
             let current = shard.store.members().map_err(internal)?;
             let existing = current.iter().find(|m| m.id == r.node_id).cloned();
             let member = match action {
