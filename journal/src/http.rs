@@ -103,8 +103,9 @@ pub fn metrics_text(shard: &ShardRef) -> String {
     let s: &Shared = &shard.shared;
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let log_entries = (g(&s.last_index) + 1).saturating_sub(g(&s.first_index));
+    let store_lag = g(&s.applied_index).saturating_sub(g(&s.durable_applied));
     let entries = shard.store.read_txn().ok().and_then(|t| shard.store.entry_count(&t).ok()).unwrap_or(0);
-    let metrics: [(&str, &str, &str, u64); 31] = [
+    let metrics: [(&str, &str, &str, u64); 33] = [
         ("pact_journal_up", "gauge", "1 while this journal process serves.", 1),
         (
             "pact_journal_raft_leader",
@@ -122,6 +123,13 @@ pub fn metrics_text(shard: &ShardRef) -> String {
             g(&s.applied_index),
         ),
         ("pact_journal_raft_log_entries", "gauge", "Entries held in the raft log (log size).", log_entries),
+        ("pact_journal_raft_log_bytes", "gauge", "Bytes of records in the raft log file.", g(&s.log_bytes)),
+        (
+            "pact_journal_store_lag_entries",
+            "gauge",
+            "Applied raft entries whose state is not yet stored in LMDB (the applier's queue).",
+            store_lag,
+        ),
         ("pact_journal_raft_snapshot_index", "gauge", "Index of the latest snapshot (0 = none).", g(&s.snapshot_index)),
         ("pact_journal_raft_proposals_total", "counter", "Proposals submitted to raft.", g(&s.proposals_total)),
         (

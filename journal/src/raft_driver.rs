@@ -195,6 +195,7 @@ impl Driver {
         let barrier = if conf.voters == [shared.node_id] { last_index } else { commit };
         shared.durable_applied.store(applied, Ordering::Relaxed);
         shared.acked_index.store(barrier.max(applied), Ordering::Relaxed);
+        shared.log_bytes.store(files.wal.size(), Ordering::Relaxed);
         let d = Driver {
             replica: Replica::new(node),
             store,
@@ -614,6 +615,7 @@ impl Driver {
                 Ok(record)
             })
             .await?;
+        self.shared.log_bytes.store(self.wal.lock().unwrap_or_else(|p| p.into_inner()).size(), Ordering::Relaxed);
         self.log.borrow_mut().apply(&record).map_err(|e| e.to_string())
     }
 

@@ -24,6 +24,8 @@ pub struct Shared {
     pub last_index: AtomicU64,
     /// First index in the raft log (everything before is compacted into the snapshot).
     pub first_index: AtomicU64,
+    /// Bytes of records in the raft log file (`wal.rs`).
+    pub log_bytes: AtomicU64,
     pub last_sequence: AtomicU64,
     pub snapshot_index: AtomicU64,
     /// Highest raft index whose results were sent to clients (possibly before being stored).

@@ -314,6 +314,23 @@ fn a_one_node_journal_from_the_guide_config_serves_stops_restarts_and_refuses_bo
     let (code, metrics) = http_get(metrics_port, "/metrics").expect("GET /metrics");
     assert_eq!(code, 200);
     assert!(metrics.contains("pact_journal_up"), "{metrics}");
+    let gauge = |text: &str, name: &str| -> u64 {
+        let line =
+            text.lines().find(|l| l.starts_with(&format!("{name}{{"))).unwrap_or_else(|| panic!("{name}: {text}"));
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+    };
+    // The raft log file holds the founding reset and the appends: more than its 8-byte header.
+    assert!(gauge(&metrics, "pact_journal_raft_log_bytes") > 8, "{metrics}");
+    // The applier stores within its 20 ms batching delay: the lag drains to 0 when idle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, m) = http_get(metrics_port, "/metrics").expect("GET /metrics");
+        if gauge(&m, "pact_journal_store_lag_entries") == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the store lag never drained: {m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // The guide asks for JSON logs; they are.
     let err = p.stderr();
     assert!(err.lines().any(|l| l.starts_with('{') && l.contains("\"level\"")), "{err}");
