@@ -1,5 +1,5 @@
-//! The raft-rs `Ready` contract, without I/O. The journal's driver (glommio + LMDB + TLS
-//! peers) and the deterministic simulation (memory, seeded faults) both run a replica through
+//! The raft-rs `Ready` contract, without I/O. The journal's driver (glommio, the log file,
+//! LMDB, TLS peers) and the deterministic simulation (memory, seeded faults) both run a replica through
 //! this, so the simulation tests the same round logic the journal runs.
 //!
 //! One round:
@@ -8,12 +8,14 @@
 //!    committed entries to apply (those the previous round learned of, then this Ready's), a
 //!    conf state to persist when a committed membership change was applied to raft-rs, new
 //!    entries to append and the hard state to persist, plus read states.
-//! 2. The caller makes all of it durable in one transaction, in that order.
+//! 2. The caller makes it durable: the snapshot first (with the entries committed with it),
+//!    then the new entries and the hard state (the log file); committed entries and their conf
+//!    state may be stored later, in order (the driver's applier), since the log holds them.
 //! 3. `finish` advances raft-rs and returns the messages that may only go out after the
 //!    round is durable (votes, and a follower's acknowledgements).
 //!
-//! Entries the light ready reports committed wait for the next round's transaction; the
-//! caller starts that round at once (`has_work`).
+//! Entries the light ready reports committed wait for the next round; the caller starts that
+//! round at once (`has_work`).
 
 use crate::state::{self, MembershipChange, StateTxn};
 use pact_proto::journal::{ApplyResult, Command, Member, ProposalOrigin};
@@ -194,7 +196,7 @@ impl<S: Storage> Replica<S> {
             round.hard_state = Some(hs);
         }
         // Committed membership changes take effect in raft-rs now; the resulting conf state is
-        // persisted in this round's transaction, with the address book the state machine keeps.
+        // stored with the entry that made it, with the address book the state machine keeps.
         for e in &round.apply {
             let cs = match e.get_entry_type() {
                 EntryType::EntryConfChange => {
