@@ -523,7 +523,9 @@ impl Driver {
                 self.queue.conf_state = round.conf_state.clone();
             }
             self.queue.results.extend(results);
-            self.queue.since.get_or_insert_with(Instant::now);
+            if !round.apply.is_empty() {
+                self.queue.since.get_or_insert_with(Instant::now);
+            }
             // When due, store them in parallel with the log write below.
             self.start_applier(false);
             // A round with nothing new for the log (only commits learned, or only messages)
