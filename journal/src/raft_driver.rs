@@ -160,6 +160,26 @@ pub fn raft_config(id: u64, applied: u64) -> raft::Config {
     }
 }
 
+/// One LMDB transaction of applied state (the applier's, or a snapshot install's): the
+/// snapshot if any, the committed entries, the conf state after them. On the blocking pool.
+fn store_applied(
+    store: &Store,
+    snapshot: Option<&Snapshot>,
+    entries: &[Entry],
+    cs: Option<&ConfState>,
+) -> Result<Vec<(ProposalOrigin, ApplyResult)>, String> {
+    let mut w = store.write_txn().map_err(|e| e.to_string())?;
+    if let Some(s) = snapshot {
+        store.install_snapshot(&mut w, s).map_err(|e| e.to_string())?;
+    }
+    let results = apply_entries(&mut LmdbState::new(store, &mut w), entries)?;
+    if let Some(cs) = cs {
+        store.write_conf_state(&mut w, cs).map_err(|e| e.to_string())?;
+    }
+    w.commit().map_err(|e| e.to_string())?;
+    Ok(results)
+}
+
 fn read_ctx(shard: u32, id: u64) -> Vec<u8> {
     let mut v = shard.to_be_bytes().to_vec();
     v.extend_from_slice(&id.to_be_bytes());
@@ -577,18 +597,8 @@ impl Driver {
         let meta = snap.get_metadata().clone();
         let (index, term) = (meta.index, meta.term);
         let (store, apply, cs) = (self.store.clone(), round.apply.clone(), round.conf_state.clone());
-        let results = glommio::executor()
-            .spawn_blocking(move || -> Result<_, String> {
-                let mut w = store.write_txn().map_err(|e| e.to_string())?;
-                store.install_snapshot(&mut w, &snap).map_err(|e| e.to_string())?;
-                let results = apply_entries(&mut LmdbState::new(&store, &mut w), &apply)?;
-                if let Some(cs) = &cs {
-                    store.write_conf_state(&mut w, cs).map_err(|e| e.to_string())?;
-                }
-                w.commit().map_err(|x| x.to_string())?;
-                Ok(results)
-            })
-            .await?;
+        let results =
+            glommio::executor().spawn_blocking(move || store_applied(&store, Some(&snap), &apply, cs.as_ref())).await?;
         let applied = round.apply.last().map(|e| e.index).unwrap_or(index);
         self.shared.durable_applied.fetch_max(applied, Ordering::Relaxed);
         self.shared.acked_index.fetch_max(applied, Ordering::Relaxed);
@@ -606,18 +616,18 @@ impl Driver {
     /// then updates the in-memory log raft-rs reads.
     async fn write_log(&mut self, record: Record, rewrite: bool) -> Result<(), String> {
         let wal = self.wal.clone();
-        let record = glommio::executor()
-            .spawn_blocking(move || -> Result<Record, String> {
+        let (record, size) = glommio::executor()
+            .spawn_blocking(move || -> Result<(Record, u64), String> {
                 let mut wal = wal.lock().unwrap_or_else(|p| p.into_inner());
                 if rewrite {
                     wal.rewrite(&record).map_err(|e| e.to_string())?;
                 } else {
                     wal.append(&crate::wal::encode(&record).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
                 }
-                Ok(record)
+                Ok((record, wal.size()))
             })
             .await?;
-        self.shared.log_bytes.store(self.wal.lock().unwrap_or_else(|p| p.into_inner()).size(), Ordering::Relaxed);
+        self.shared.log_bytes.store(size, Ordering::Relaxed);
         self.log.borrow_mut().apply(&record).map_err(|e| e.to_string())
     }
 
@@ -639,17 +649,9 @@ impl Driver {
         let last = q.entries.last().map(|e| e.index).unwrap_or(0);
         let (store, tx) = (self.store.clone(), self.inbox_tx.clone());
         self.applier = Some(glommio::spawn_local(async move {
-            let stored = glommio::executor()
-                .spawn_blocking(move || -> Result<_, String> {
-                    let mut w = store.write_txn().map_err(|e| e.to_string())?;
-                    let results = apply_entries(&mut LmdbState::new(&store, &mut w), &q.entries)?;
-                    if let Some(cs) = &q.conf_state {
-                        store.write_conf_state(&mut w, cs).map_err(|e| e.to_string())?;
-                    }
-                    w.commit().map_err(|x| x.to_string())?;
-                    Ok(results)
-                })
-                .await;
+            let (entries, cs) = (q.entries, q.conf_state);
+            let stored =
+                glommio::executor().spawn_blocking(move || store_applied(&store, None, &entries, cs.as_ref())).await;
             let _ = tx.send(Input::Applied).await;
             (last, q.results, stored)
         }));
@@ -684,7 +686,6 @@ impl Driver {
         // The shadow and the store must agree: apply is deterministic.
         assert_eq!(expected, stored, "in-memory and stored apply results differ");
         self.shared.durable_applied.fetch_max(last, Ordering::Relaxed);
-        self.release_reads();
         Ok(())
     }
 

@@ -74,25 +74,18 @@ pub fn open(data_dir: &Path, store: &Store) -> Result<(Wal, MemLog)> {
     Ok((wal, log))
 }
 
-/// `raft::Storage::entries` over a log holding `first..=last` (the journal's and the
-/// simulation's): entries `low..high`, at least one, then as many as fit `max_size` bytes.
-pub fn entries_in<'a>(
-    first: u64,
-    last: u64,
-    get: impl Fn(u64) -> Option<&'a Entry>,
-    low: u64,
-    high: u64,
-    max_size: Option<u64>,
-) -> raft::Result<Vec<Entry>> {
+/// `raft::Storage::entries` over a log (the journal's and the simulation's): entries
+/// `low..high`, at least one, then as many as fit `max_size` bytes.
+pub fn entries_in(log: &MemLog, low: u64, high: u64, max_size: Option<u64>) -> raft::Result<Vec<Entry>> {
     let max_size = max_size.unwrap_or(u64::MAX);
-    if low < first {
+    if low < log.first {
         return Err(raft::Error::Store(StorageError::Compacted));
     }
-    assert!(high <= last + 1, "entries({low}, {high}) past the last index {last}");
+    assert!(high <= log.last() + 1, "entries({low}, {high}) past the last index {}", log.last());
     let mut out = Vec::new();
     let mut size = 0u64;
     for idx in low..high {
-        let e = get(idx).ok_or(raft::Error::Store(StorageError::Unavailable))?;
+        let e = log.get(idx).ok_or(raft::Error::Store(StorageError::Unavailable))?;
         size += u64::from(e.compute_size());
         if !out.is_empty() && size > max_size {
             break;
@@ -100,6 +93,14 @@ pub fn entries_in<'a>(
         out.push(e.clone());
     }
     Ok(out)
+}
+
+/// `raft::Storage::term` over a log: the entry's term, or the snapshot's just before it.
+pub fn term_in(log: &MemLog, idx: u64) -> raft::Result<u64> {
+    if idx + 1 < log.first {
+        return Err(raft::Error::Store(StorageError::Compacted));
+    }
+    log.term(idx).ok_or(raft::Error::Store(StorageError::Unavailable))
 }
 
 fn storage_err(e: StoreError) -> raft::Error {
@@ -126,16 +127,11 @@ impl raft::Storage for RaftStorage {
         max_size: impl Into<Option<u64>>,
         _ctx: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let log = self.log.borrow();
-        entries_in(log.first, log.last(), |i| log.get(i), low, high, max_size.into())
+        entries_in(&self.log.borrow(), low, high, max_size.into())
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        let log = self.log.borrow();
-        if idx + 1 < log.first {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        log.term(idx).ok_or(raft::Error::Store(StorageError::Unavailable))
+        term_in(&self.log.borrow(), idx)
     }
 
     fn first_index(&self) -> raft::Result<u64> {

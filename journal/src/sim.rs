@@ -62,6 +62,7 @@ use crate::raft_driver::raft_config;
 use crate::replica::{apply_entries, decode_entry, Decoded, Replica, Round};
 use crate::state::{self, Input as StateInput, Shadow, StateTxn};
 use crate::store::Result as StoreResult;
+use crate::wal::{MemLog, Record};
 use pact_proto::config::{
     scope::Target, ConfigEntry, DeltaAction, EntryType as ConfigType, Identity, KernelDelta, NodeConfigState, Scope,
     StateDelta, Timestamp, VClusterSpec,
@@ -602,75 +603,44 @@ fn state_diff(a: &SimState, b: &SimState) -> String {
 /// state and the applied state (LMDB). It changes only where the journal's do: a round's log
 /// write (`persist`), the applier's transaction (`Live::store_queue`), a compaction, a torn
 /// write at a crash.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct Disk {
-    hs: HardState,
+    /// The log file, as `wal::MemLog` replays it: entries, the term before them, hard state.
+    log: MemLog,
     cs: ConfState,
-    /// The log holds `first..=last()`; `snap_index`/`snap_term` name the entry before it.
-    first: u64,
-    snap_index: u64,
-    snap_term: u64,
-    log: Vec<Entry>,
     state: SimState,
 }
 
 impl Disk {
     fn empty() -> Disk {
-        Disk { first: 1, ..Default::default() }
+        Disk { log: MemLog::empty(), cs: ConfState::default(), state: SimState::default() }
     }
 
-    /// `Store::bootstrap`: the founding membership as a snapshot at index 1, term 1.
+    /// `Store::bootstrap` + `raft_log::open`: the founding membership as a snapshot at index
+    /// 1, term 1, the log starting after it.
     fn founder(me: Member) -> Disk {
         let mut d = Disk::empty();
         d.cs = ConfState { voters: vec![me.id], ..Default::default() };
-        d.hs = HardState { term: 1, vote: 0, commit: 1, ..Default::default() };
-        d.first = 2;
-        d.snap_index = 1;
-        d.snap_term = 1;
+        let hs = HardState { term: 1, vote: 0, commit: 1, ..Default::default() };
+        d.log = MemLog { first: 2, snap_term: 1, entries: Vec::new(), hs };
         d.state.applied_index = 1;
         d.state.members.insert(me.id, me);
         d
     }
 
-    fn last(&self) -> u64 {
-        self.first + self.log.len() as u64 - 1
-    }
-
-    fn get(&self, index: u64) -> Option<&Entry> {
-        index.checked_sub(self.first).and_then(|o| self.log.get(o as usize))
-    }
-
-    /// `Store::write_raft`: truncate any conflicting suffix, append, hard state, conf state.
-    /// The store's assertions are failures here; a gap before the first new entry (which
-    /// the store would not notice) is one too.
+    /// A log write (`wal::Wal::append`, replayed by `MemLog::apply`, whose refusals are
+    /// failures here), and the conf state LMDB stores with applied entries.
     fn write_raft(&mut self, entries: &[Entry], hs: Option<&HardState>, cs: Option<&ConfState>) -> Result<(), String> {
-        if let Some(first) = entries.first() {
-            if first.index < self.first {
-                return Err(format!("append below the log start: {} < {}", first.index, self.first));
-            }
-            if first.index > self.last() + 1 {
-                return Err(format!("append at {} leaves a gap after the last index {}", first.index, self.last()));
-            }
-            self.log.truncate((first.index - self.first) as usize);
-            let mut prev = first.index - 1;
-            for e in entries {
-                if e.index != prev + 1 {
-                    return Err(format!("raft handed us a log with a gap: {} after {prev}", e.index));
-                }
-                prev = e.index;
-                self.log.push(e.clone());
-            }
-        }
-        if let Some(hs) = hs {
-            self.hs = hs.clone();
-        }
+        let record = Record { reset: None, hs: hs.cloned(), entries: entries.to_vec() };
+        self.log.apply(&record).map_err(|e| e.to_string())?;
         if let Some(cs) = cs {
             self.cs = cs.clone();
         }
         Ok(())
     }
 
-    /// `Store::install_snapshot`: the applied state is replaced, the log restarts after it.
+    /// `Store::install_snapshot` then the log's reset: the applied state is replaced, the
+    /// log restarts after it.
     fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), String> {
         let meta = snap.get_metadata();
         let state = SimState::decode(&snap.data)?;
@@ -678,10 +648,8 @@ impl Disk {
             return Err(format!("snapshot at index {} carries a state applied to {}", meta.index, state.applied_index));
         }
         self.state = state;
-        self.log.clear();
-        self.first = meta.index + 1;
-        self.snap_index = meta.index;
-        self.snap_term = meta.term;
+        let reset = Record { reset: Some((meta.index, meta.term)), ..Default::default() };
+        self.log.apply(&reset).map_err(|e| e.to_string())?;
         self.cs = meta.get_conf_state().clone();
         Ok(())
     }
@@ -689,30 +657,23 @@ impl Disk {
     /// `Store::build_snapshot`: the applied state at the applied index.
     fn build_snapshot(&self) -> Result<Snapshot, String> {
         let applied = self.state.applied_index;
-        let term = if applied == self.snap_index {
-            self.snap_term
-        } else {
-            self.get(applied).ok_or_else(|| format!("applied entry {applied} is not in the log"))?.term
-        };
+        let term = self.log.term(applied).ok_or_else(|| format!("applied entry {applied} is not in the log"))?;
         let meta =
             SnapshotMetadata { index: applied, term, conf_state: Some(self.cs.clone()).into(), ..Default::default() };
         Ok(Snapshot { data: self.state.encode().into(), metadata: Some(meta).into(), ..Default::default() })
     }
 
-    /// `Store::compact`: drop the log through `index` (applied), remembering its term.
+    /// `Driver::maybe_compact`: the log rewritten without the entries through `index`
+    /// (which must be stored).
     fn compact(&mut self, index: u64) -> Result<(), String> {
         if index > self.state.applied_index {
             return Err(format!("compacting past the applied index: {index} > {}", self.state.applied_index));
         }
-        if index < self.first {
+        if index < self.log.first {
             return Ok(());
         }
-        let term = self.get(index).ok_or_else(|| format!("compaction point {index} is not in the log"))?.term;
-        self.log.drain(..(index + 1 - self.first) as usize);
-        self.first = index + 1;
-        self.snap_index = index;
-        self.snap_term = term;
-        Ok(())
+        let record = self.log.compacted(index).map_err(|e| e.to_string())?;
+        self.log.apply(&record).map_err(|e| e.to_string())
     }
 }
 
@@ -727,7 +688,7 @@ fn storage_err(m: String) -> raft::Error {
 impl raft::Storage for SimStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
         let d = self.0.borrow();
-        Ok(RaftState { hard_state: d.hs.clone(), conf_state: d.cs.clone() })
+        Ok(RaftState { hard_state: d.log.hs.clone(), conf_state: d.cs.clone() })
     }
 
     fn entries(
@@ -737,27 +698,19 @@ impl raft::Storage for SimStorage {
         max_size: impl Into<Option<u64>>,
         _ctx: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        let d = self.0.borrow();
-        crate::raft_log::entries_in(d.first, d.last(), |i| d.get(i), low, high, max_size.into())
+        crate::raft_log::entries_in(&self.0.borrow().log, low, high, max_size.into())
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        let d = self.0.borrow();
-        if idx == d.first - 1 {
-            return Ok(d.snap_term);
-        }
-        if idx < d.first {
-            return Err(raft::Error::Store(StorageError::Compacted));
-        }
-        d.get(idx).map(|e| e.term).ok_or(raft::Error::Store(StorageError::Unavailable))
+        crate::raft_log::term_in(&self.0.borrow().log, idx)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        Ok(self.0.borrow().first)
+        Ok(self.0.borrow().log.first)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.0.borrow().last())
+        Ok(self.0.borrow().log.last())
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
@@ -1009,7 +962,7 @@ fn persist(
     }
     // Like the driver, a round with no new entries and the same term and vote writes nothing
     // (its commit index is not persisted).
-    if !round.append.is_empty() || (hs.term, hs.vote) != (disk.hs.term, disk.hs.vote) {
+    if !round.append.is_empty() || (hs.term, hs.vote) != (disk.log.hs.term, disk.log.hs.vote) {
         disk.write_raft(&round.append, Some(&hs), None)?;
     }
     Ok(Vec::new())
@@ -1167,8 +1120,8 @@ impl<'o> Sim<'o> {
             // `raft_log::open`: everything applied was committed, even if the hard state
             // saying so did not reach the log before a crash.
             let mut d = disk.borrow_mut();
-            d.hs.commit = d.hs.commit.max(d.state.applied_index);
-            (d.state.applied_index, d.snap_index, shadow_of(&d.state))
+            d.log.hs.commit = d.log.hs.commit.max(d.state.applied_index);
+            (d.state.applied_index, d.log.first - 1, shadow_of(&d.state))
         };
         let cfg = raft_config(id, applied);
         cfg.validate().map_err(|e| format!("raft config: {e}"))?;
@@ -1775,7 +1728,7 @@ impl<'o> Sim<'o> {
         {
             let d = disk.borrow();
             for idx in live.checked_commit + 1..=hi {
-                if let Some(e) = d.get(idx) {
+                if let Some(e) = d.log.get(idx) {
                     observe(&mut self.committed, e, id, "holds committed")?;
                 }
             }

@@ -239,8 +239,8 @@ impl Store {
     }
 
     /// Test support: a data dir in the layout before `wal.rs` (the raft log in LMDB).
-    #[doc(hidden)]
-    pub fn write_legacy_raft_log(&self, log: &crate::wal::MemLog) -> Result<()> {
+    #[cfg(test)]
+    pub(crate) fn write_legacy_raft_log(&self, log: &crate::wal::MemLog) -> Result<()> {
         let mut w = self.write_txn()?;
         for e in &log.entries {
             let bytes = e.write_to_bytes().map_err(|err| StoreError::Corrupt(err.to_string()))?;

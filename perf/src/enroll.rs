@@ -178,7 +178,6 @@ pub fn run(args: Vec<std::ffi::OsString>) -> Result<(), (u8, String)> {
     // Enrollment: each node on its own new connection, no credentials.
     let (endpoint, tls) = (j.endpoint.clone(), j.tls.clone());
     let csrs = Arc::new(csrs);
-    let cpu0 = j.cpu_seconds();
     let enroll_one: Arc<dyn Fn(usize) -> Result<(), String> + Send + Sync> = Arc::new(move |i| {
         let mut c = Client::connect(&endpoint, tls.clone(), "", Duration::from_secs(60)).map_err(|e| e.to_string())?;
         let req = EnrollRequest { hardware_identity: Some(hw(i)), csr: csrs[i].clone(), node_id: node(i) };
@@ -188,16 +187,21 @@ pub fn run(args: Vec<std::ffi::OsString>) -> Result<(), (u8, String)> {
         }
         Ok(())
     });
-    let (wall, hist, errors) = drive(o.nodes, o.concurrency, enroll_one);
-    let cpu = j.cpu_seconds() - cpu0;
-    if !errors.is_empty() {
-        return Err(fail(format!("{} enrollments failed; first: {}", errors.len(), errors[0])));
-    }
+    // One wave of `o.nodes` calls, `o.concurrency` at a time: wall seconds, latencies and the
+    // journal's CPU seconds; any failure fails the benchmark.
+    let wave = |what: &str, one| {
+        let cpu0 = j.cpu_seconds();
+        let (wall, hist, errors) = drive(o.nodes, o.concurrency, one);
+        if let Some(first) = errors.first() {
+            return Err(fail(format!("{} {what} failed; first: {first}", errors.len())));
+        }
+        Ok((wall, hist, j.cpu_seconds() - cpu0))
+    };
+    let (wall, hist, cpu) = wave("enrollments", enroll_one)?;
     let enroll_per_s = o.nodes as f64 / wall;
 
     // Baseline 2: the same number of plain appends, each on a new connection.
     let (endpoint, tls, token) = (j.endpoint.clone(), j.tls.clone(), j.token.clone());
-    let cpu1 = j.cpu_seconds();
     let append_one: Arc<dyn Fn(usize) -> Result<(), String> + Send + Sync> = Arc::new(move |i| {
         let mut c =
             Client::connect(&endpoint, tls.clone(), &token, Duration::from_secs(60)).map_err(|e| e.to_string())?;
@@ -211,11 +215,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> Result<(), (u8, String)> {
             c.call(Method::AppendEntry, &AppendEntryRequest { entry: Some(e) }).map_err(|e| e.to_string())?;
         Ok(())
     });
-    let (awall, ahist, aerrors) = drive(o.nodes, o.concurrency, append_one);
-    let acpu = j.cpu_seconds() - cpu1;
-    if !aerrors.is_empty() {
-        return Err(fail(format!("{} appends failed; first: {}", aerrors.len(), aerrors[0])));
-    }
+    let (awall, ahist, acpu) = wave("appends", append_one)?;
     let append_per_s = o.nodes as f64 / awall;
 
     println!("pact-perf enroll: {} nodes, {} at a time, journal cores {:?}", o.nodes, o.concurrency, o.cores);
