@@ -7,6 +7,8 @@
 #   images/dev/quorum.sh [--keep]      (--keep leaves the journals running)
 #
 # Work files (CA, data dirs, logs) go to $PACT_QUORUM_DIR (default: a new temp dir).
+# The three journals share this machine, so each runs CPUs/3 executors (at least 1;
+# $PACT_QUORUM_CORES overrides), not one per CPU as a journal on its own machine does.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -24,6 +26,8 @@ PACT_CA_DIR=$work/ca PACT_ETC=$work/etc images/deploy/setup-ca.sh "$work/certs" 
 export PACT_CA_CERT=$work/ca/ca.crt PACT_CA_KEY=$work/ca/ca.key
 export PACT_OIDC_HMAC_SECRET=${PACT_OIDC_HMAC_SECRET:-$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')}
 export PACT_OIDC_ISSUER=${PACT_OIDC_ISSUER:-pact-quorum-demo} PACT_OIDC_AUDIENCE=${PACT_OIDC_AUDIENCE:-pact}
+cores=${PACT_QUORUM_CORES:-$(( $(nproc) / 3 ))}
+[ "$cores" -ge 1 ] || cores=1
 PEERS="1=127.0.0.1:9443,2=127.0.0.2:9443,3=127.0.0.3:9443"
 pids=()
 stop() {
@@ -35,7 +39,7 @@ for i in 1 2 3; do
   extra=()
   [ "$i" = 1 ] && extra=(--bootstrap)
   PACT_JOURNAL_NODE_ID=$i PACT_JOURNAL_LISTEN=127.0.0.$i:9443 PACT_JOURNAL_DATA_DIR=$work/journal-$i \
-    PACT_JOURNAL_PEERS=$PEERS "$bin/pact-journal" --metrics-listen "127.0.0.$i:9091" "${extra[@]}" \
+    PACT_JOURNAL_PEERS=$PEERS "$bin/pact-journal" --metrics-listen "127.0.0.$i:9091" --cores "$cores" "${extra[@]}" \
     >"$work/journal-$i.log" 2>&1 &
   pids+=($!)
 done

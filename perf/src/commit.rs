@@ -362,7 +362,22 @@ fn parse(args: Vec<std::ffi::OsString>) -> Result<Opts, String> {
     if o.nodes == 1 && o.failover == Some(true) {
         return Err("--failover needs --nodes 3 (one journal has no one to fail over to)".into());
     }
+    if o.cores.is_none() && o.nodes > 1 {
+        o.cores = Some(colocated_cores(machine_cpus(), o.nodes));
+    }
     Ok(o)
+}
+
+/// Executors per journal when `nodes` journals share a machine of `cpus` CPUs: the CPUs split
+/// between them, at least one each. A journal pins one executor per core and by default takes
+/// every core, so three on two cores would run six pinned executors, and a write arriving on a
+/// shard other than the raft shard would cross between them twice (ARCHITECTURE.md).
+fn colocated_cores(cpus: usize, nodes: u32) -> usize {
+    (cpus / nodes.max(1) as usize).max(1)
+}
+
+fn machine_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 impl Opts {
@@ -940,7 +955,7 @@ pub fn run(args: Vec<std::ffi::OsString>) -> Result<(), (u8, String)> {
         client_routing: routing,
         payload_bytes: o.payload as u32,
         journal_cores: o.cores.unwrap_or(0) as u32,
-        machine_cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        machine_cpus: machine_cpus() as u32,
         rows,
         baseline: if o.etcd { "etcd" } else { "none" }.into(),
         etcd_version,
@@ -976,6 +991,19 @@ mod tests {
         assert!(parse(args(&["--failover-runs", "0"])).is_err());
         assert_eq!(parse(args(&["--repeat", "3"])).unwrap().repeat, 3);
         assert!(parse(args(&["--repeat", "0"])).is_err());
+    }
+
+    #[test]
+    fn colocated_journals_split_the_cores() {
+        assert_eq!(colocated_cores(2, 3), 1);
+        assert_eq!(colocated_cores(16, 3), 5);
+        assert_eq!(colocated_cores(64, 1), 64);
+        assert_eq!(colocated_cores(1, 3), 1);
+        // Three voters by default: each gets its share; an explicit --cores wins; one journal
+        // (--nodes 1) takes every core, as the journal itself does.
+        assert_eq!(parse(args(&[])).unwrap().cores, Some(colocated_cores(machine_cpus(), 3)));
+        assert_eq!(parse(args(&["--cores", "2"])).unwrap().cores, Some(2));
+        assert_eq!(parse(args(&["--nodes", "1"])).unwrap().cores, None);
     }
 
     #[test]

@@ -33,7 +33,10 @@ BENCHMARKS:
              the leader is killed (SIGKILL), N times; time to a new leader and to the next
              acknowledged append.
              Options: --clients LIST (default 1,16,64)  --seconds T (default 10)
-                      --payload BYTES (default 1024)     --cores N (cores per journal, default all)
+                      --payload BYTES (default 1024)
+                      --cores N (executors per journal; default: with 3 nodes the machine's
+                        CPUs / 3, at least 1, since the journals share the machine; with 1
+                        node all CPUs)
                       --nodes 1|3 (default 3)
                       --failover | --no-failover (default: on with --nodes 3)
                       --failover-runs N (default 5)
