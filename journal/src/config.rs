@@ -13,6 +13,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::raft_driver::Timing;
 use pact_proto::tomlcfg::{ConfigError, Section, TomlFile};
 
 /// Read when neither `--config` nor `PACT_JOURNAL_CONFIG` names a file, if it exists
@@ -22,6 +23,8 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:9443";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/pact/journal";
 pub const DEFAULT_METRICS_LISTEN: &str = "0.0.0.0:9091";
 pub const DEFAULT_SNAPSHOT_INTERVAL: u64 = 10_000;
+/// `[journal.raft] election_tick` / `heartbeat_tick` at most: 10 minutes in 10 ms ticks.
+pub const MAX_TICKS: usize = 60_000;
 pub const DEFAULT_MAX_CONCURRENT_BOOT_STREAMS: u64 = 15_000;
 pub const DEFAULT_SUBSCRIBER_BUFFER: u64 = 1024;
 pub const DEFAULT_CERT_LIFETIME_SECONDS: u64 = 259_200;
@@ -337,8 +340,10 @@ pub enum PolicyEngineType {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RaftConfig {
     pub snapshot_interval: u64,
-    pub election_tick: Option<usize>,
-    pub heartbeat_tick: Option<usize>,
+    /// In ticks of 10 ms (`raft_driver::TICK`); default 50 (0.5 s, randomised up to 0.9 s).
+    pub election_tick: usize,
+    /// In ticks of 10 ms; default 10 (100 ms).
+    pub heartbeat_tick: usize,
 }
 
 /// `[journal.streaming]`.
@@ -495,7 +500,11 @@ fn load_with_default(
         data_dir: PathBuf::from(if flags.dev { DEV_DATA_DIR } else { DEFAULT_DATA_DIR }),
         peers: Vec::new(),
         members: Vec::new(),
-        raft: RaftConfig { snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL, election_tick: None, heartbeat_tick: None },
+        raft: RaftConfig {
+            snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
+            election_tick: Timing::DEFAULT.election_tick,
+            heartbeat_tick: Timing::DEFAULT.heartbeat_tick,
+        },
         streaming: StreamingConfig {
             max_concurrent_boot_streams: DEFAULT_MAX_CONCURRENT_BOOT_STREAMS,
             subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
@@ -803,14 +812,28 @@ fn read_file(
             if let Some(n) = r.u64("snapshot_interval", 1..=u64::MAX)? {
                 cfg.raft.snapshot_interval = n;
             }
-            cfg.raft.election_tick = r.get("election_tick").map(|f| f.usize(1..=usize::MAX)).transpose()?;
-            cfg.raft.heartbeat_tick = r.get("heartbeat_tick").map(|f| f.usize(1..=usize::MAX)).transpose()?;
-            // Raft needs several heartbeats per election timeout or leaders flap.
-            if let (Some(e), Some(h)) = (cfg.raft.election_tick, cfg.raft.heartbeat_tick) {
-                if e <= h {
-                    let f = r.require("election_tick")?;
-                    return Err(f.error(format!("must be greater than journal.raft.heartbeat_tick ({h}), found {e}")));
-                }
+            // Bounded so that a typo cannot stall elections for hours: 10 minutes at most.
+            let election = r.get("election_tick").map(|f| f.usize(2..=MAX_TICKS)).transpose()?;
+            let heartbeat = r.get("heartbeat_tick").map(|f| f.usize(1..=MAX_TICKS)).transpose()?;
+            cfg.raft.election_tick = election.unwrap_or(Timing::DEFAULT.election_tick);
+            cfg.raft.heartbeat_tick = heartbeat.unwrap_or(Timing::DEFAULT.heartbeat_tick);
+            // A leader must heartbeat within every election timeout, or followers depose it.
+            let (e, h) = (cfg.raft.election_tick, cfg.raft.heartbeat_tick);
+            if e <= h {
+                let (key, msg) = match (election, heartbeat) {
+                    (Some(_), Some(_)) | (Some(_), None) => (
+                        "election_tick",
+                        format!(
+                            "must be greater than journal.raft.heartbeat_tick ({h}{}), found {e}",
+                            if heartbeat.is_none() { ", the default" } else { "" }
+                        ),
+                    ),
+                    _ => (
+                        "heartbeat_tick",
+                        format!("must be less than journal.raft.election_tick ({e}, the default), found {h}"),
+                    ),
+                };
+                return Err(r.require(key)?.error(msg));
             }
         }
 
@@ -1133,6 +1156,17 @@ mod tests {
         assert!(e.message.starts_with("expected an array of \"id:host:port\" strings"), "{e}");
         let e = load_text("[journal.raft]\nelection_tick = 2\nheartbeat_tick = 3\n", dev.clone(), &[]).unwrap_err();
         assert_eq!(e.key, "journal.raft.election_tick");
+        assert_eq!(e.message, "must be greater than journal.raft.heartbeat_tick (3), found 2");
+        // One key alone is checked against the other's default (10 ticks, 50 ticks).
+        let e = load_text("[journal.raft]\nelection_tick = 8\n", dev.clone(), &[]).unwrap_err();
+        assert_eq!(e.message, "must be greater than journal.raft.heartbeat_tick (10, the default), found 8");
+        let e = load_text("[journal.raft]\nheartbeat_tick = 50\n", dev.clone(), &[]).unwrap_err();
+        assert_eq!(e.key, "journal.raft.heartbeat_tick");
+        assert_eq!(e.message, "must be less than journal.raft.election_tick (50, the default), found 50");
+        let e = load_text("[journal.raft]\nelection_tick = 60001\n", dev.clone(), &[]).unwrap_err();
+        assert_eq!(e.key, "journal.raft.election_tick");
+        let cfg = load_text("[journal.raft]\nheartbeat_tick = 20\n", dev.clone(), &[]).unwrap();
+        assert_eq!((cfg.raft.election_tick, cfg.raft.heartbeat_tick), (50, 20));
         let e = load_text("[telemetry]\nloki_endpoint = \"loki:3100\"\n", dev.clone(), &[]).unwrap_err();
         assert!(e.message.starts_with("expected an http:// or https:// URL"), "{e}");
         let e = load_text("[journal.enrollment]\nca_cert = \"/c\"\n", dev.clone(), &[]).unwrap_err();
@@ -1168,8 +1202,8 @@ sync_interval_seconds = 60
 prometheus_enabled = false
 "#;
         let cfg = load_text(text, Flags { dev: true, ..Flags::default() }, &[]).unwrap();
-        assert_eq!(cfg.raft.election_tick, Some(10));
-        assert_eq!(cfg.raft.heartbeat_tick, Some(2));
+        assert_eq!(cfg.raft.election_tick, 10);
+        assert_eq!(cfg.raft.heartbeat_tick, 2);
         assert_eq!(cfg.enrollment.ca_key, Some(PathBuf::from("/etc/pact/ca/ca.key")));
         assert_eq!(cfg.enrollment.cert_lifetime_seconds, 3600);
         assert_eq!(cfg.enrollment.rate_limit_per_minute, 5);

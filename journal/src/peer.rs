@@ -226,12 +226,25 @@ impl LinkTask {
     ) -> Result<(), (String, Option<Message>)> {
         let mut next = first;
         let mut buf = Vec::with_capacity(64 * 1024);
+        let mut probe = [0u8; 1];
         loop {
             let m = match next.take() {
                 Some(m) => m,
-                None => match rx.recv().await {
-                    Some(m) => m,
-                    None => return Ok(()),
+                // Waiting, watch the connection too: the peer never writes on it, so it turns
+                // readable only when it closes. Without this a follower learns that its link
+                // to a restarted peer is dead only by writing into it, and the first message
+                // after the restart (a pre-vote answer, say) vanishes into the old socket:
+                // measured, that cost a second election timeout in about 1 failover in 15.
+                None => match futures_lite::future::or(async { Wake::Queue(rx.recv().await) }, async {
+                    Wake::Peer(stream.read(&mut probe).await)
+                })
+                .await
+                {
+                    Wake::Queue(Some(m)) => m,
+                    Wake::Queue(None) => return Ok(()),
+                    Wake::Peer(Ok(0)) => return Err(("the peer closed the connection".to_string(), None)),
+                    Wake::Peer(Ok(_)) => return Err(("the peer wrote on a send-only link".to_string(), None)),
+                    Wake::Peer(Err(e)) => return Err((e.to_string(), None)),
                 },
             };
             // Batch whatever else is queued into one write.
@@ -270,6 +283,12 @@ impl LinkTask {
             }
         }
     }
+}
+
+/// What woke an idle link: its queue, or its connection.
+enum Wake {
+    Queue(Option<Message>),
+    Peer(std::io::Result<usize>),
 }
 
 /// Accepts peer connections on the Raft port and feeds their messages to the driver.

@@ -37,9 +37,46 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Raft's clock. Elections start after 10–20 ticks without a leader (0.5–1 s) and a leader
-/// heartbeats every 2 ticks, so a dead leader is replaced in about a second.
-pub const TICK: Duration = Duration::from_millis(50);
+/// Raft's clock. Fine-grained so that the randomised election timeouts of two followers
+/// rarely fall in the same tick (both would campaign at once and split the vote, costing a
+/// second timeout): 35 distinct timeouts between 0.55 and 0.9 s, where 50 ms ticks gave 10.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// How far behind its tick schedule the driver catches up; further behind, it drops ticks.
+const MAX_TICK_CATCH_UP: Duration = Duration::from_millis(100);
+
+/// Raft's timing in ticks of [`TICK`] (`[journal.raft] election_tick`, `heartbeat_tick`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// The leader lease: a follower that heard from its leader more recently than this
+    /// ignores (pre-)vote requests, and a leader that hears from no quorum for this long steps
+    /// down. Elections start a little later, see [`Timing::min_election_tick`].
+    pub election_tick: usize,
+    /// A leader sends heartbeats (carrying the commit index) this often.
+    pub heartbeat_tick: usize,
+}
+
+impl Timing {
+    /// A lease of 500 ms, elections after 550 to 900 ms without a leader, heartbeats every
+    /// 100 ms: a dead leader is replaced in under a second.
+    pub const DEFAULT: Timing = Timing { election_tick: 50, heartbeat_tick: 10 };
+
+    /// The randomised election timeout's lower bound: 10% past the lease. raft-rs draws from
+    /// the lease itself upwards, so a follower drawing the shortest timeout asked a peer whose
+    /// own lease, started a tick later by the same append, had not run out; the peer ignored
+    /// it, and the follower waited a second full timeout (measured: about 1 failover in 12
+    /// took 1.0 s instead of 0.5).
+    pub fn min_election_tick(&self) -> usize {
+        self.election_tick + (self.election_tick / 10).max(1)
+    }
+
+    /// The randomised election timeout's upper bound (exclusive): 1.8× the lease. raft-rs's
+    /// 2× would let a dead leader's replacement take up to a second plus the election.
+    pub fn max_election_tick(&self) -> usize {
+        (self.election_tick * 9 / 5).max(self.min_election_tick() + 1)
+    }
+}
+
 /// Most inputs taken into one round (one durable commit).
 pub const MAX_BATCH: usize = 1024;
 /// Inputs queued for the driver (proposals from every shard, peer messages).
@@ -67,6 +104,7 @@ pub struct DriverConfig {
     pub configured_peers: Vec<(u64, String)>,
     /// On the founding start: the other members to add once this journal leads.
     pub invite: Vec<Member>,
+    pub timing: Timing,
 }
 
 /// Who the driver talks to: this shard (its clients' answers), the other shards' result
@@ -146,11 +184,13 @@ pub struct Driver {
     last_sweep: Instant,
 }
 
-pub fn raft_config(id: u64, applied: u64) -> raft::Config {
+pub fn raft_config(id: u64, applied: u64, timing: Timing) -> raft::Config {
     raft::Config {
         id,
-        election_tick: 10,
-        heartbeat_tick: 2,
+        election_tick: timing.election_tick,
+        min_election_tick: timing.min_election_tick(),
+        max_election_tick: timing.max_election_tick(),
+        heartbeat_tick: timing.heartbeat_tick,
         applied,
         max_size_per_msg: 1 << 20,
         max_inflight_msgs: 256,
@@ -200,7 +240,7 @@ impl Driver {
     ) -> Result<Driver, String> {
         let Links { local, remote_results, peers, inbox_tx } = links;
         let applied = store.applied_index().map_err(|e| e.to_string())?;
-        let rc = raft_config(shared.node_id, applied);
+        let rc = raft_config(shared.node_id, applied, cfg.timing);
         rc.validate().map_err(|e| format!("raft config: {e}"))?;
         let (first, last_index, commit) = (files.log.first, files.log.last(), files.log.hs.commit);
         let log = Rc::new(RefCell::new(files.log));
@@ -272,14 +312,20 @@ impl Driver {
         }
         // Status readers see real values from the start, not zeros.
         self.publish();
-        let mut last_tick = Instant::now();
+        // Ticks keep to a schedule rather than counting from when the last one ran, so a
+        // loop that wakes a little late each time, or is held up by a busy machine for a few
+        // ticks, does not stretch every timeout with it: missed ticks are caught up one per
+        // iteration (after the messages that arrived meanwhile, which reset the clocks they
+        // concern). A loop further behind than MAX_TICK_CATCH_UP (a stopped process) drops
+        // the rest instead.
+        let mut next_tick = Instant::now() + TICK;
         loop {
             if self.shared.is_shutting_down() {
                 break;
             }
             let mut batch = 0usize;
             if !self.replica.has_pending() {
-                let mut left = TICK.saturating_sub(last_tick.elapsed());
+                let mut left = next_tick.saturating_duration_since(Instant::now());
                 if !self.queue.entries.is_empty() {
                     // Wake to start the applier on time (and for readers that wait for it).
                     left = left.min(Duration::from_millis(1));
@@ -304,9 +350,13 @@ impl Driver {
                     _ => break,
                 }
             }
-            if last_tick.elapsed() >= TICK {
+            let now = Instant::now();
+            if now >= next_tick {
                 self.node().tick();
-                last_tick = Instant::now();
+                next_tick += TICK;
+                if now >= next_tick + MAX_TICK_CATCH_UP {
+                    next_tick = now + TICK;
+                }
                 self.invite_members();
                 self.sweep_approvals();
             }

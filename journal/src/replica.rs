@@ -137,7 +137,7 @@ impl<S: Storage> Replica<S> {
     /// (an empty append to each, and their answers) only while a follower waits for it: when
     /// entries it forwarded (its clients' writes, answered once it applies them) are not yet
     /// committed. Otherwise the commit index rides on the next append or heartbeat (within
-    /// two ticks), which halves the messages per write for clients of the leader. Reads are
+    /// 100 ms), which halves the messages per write for clients of the leader. Reads are
     /// unaffected: a read index is confirmed with heartbeats, which carry the commit index.
     pub fn step(&mut self, m: Message) -> raft::Result<()> {
         let from_elsewhere = m.get_msg_type() == raft::eraftpb::MessageType::MsgPropose && m.from != self.node.raft.id;

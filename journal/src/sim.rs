@@ -58,7 +58,7 @@
 //!   by the simulation, which plays the operator: it is not a replica, so it survives crashes.
 
 use crate::codec::{self, put_snapshot_record, snapshot_records};
-use crate::raft_driver::raft_config;
+use crate::raft_driver::{raft_config, Timing};
 use crate::replica::{apply_entries, decode_entry, Decoded, Replica, Round};
 use crate::state::{self, Input as StateInput, Shadow, StateTxn};
 use crate::store::Result as StoreResult;
@@ -82,12 +82,15 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::rc::Rc;
 
+/// The journal's election-to-heartbeat ratio (5:1) in fewer ticks, so that an election takes
+/// few simulated steps; the bounds are randomised exactly as the journal randomises them.
+const SIM_TIMING: Timing = Timing { election_tick: 10, heartbeat_tick: 2 };
 /// Steps between two raft ticks of one replica (drawn anew for every tick, so clocks drift).
 const TICK_MIN: u64 = 2;
 const TICK_MAX: u64 = 4;
 /// Steps a client waits for its answer before giving up (outcome unknown): about 80 ticks.
-/// The journal's write deadline is 10 s, 200 ticks of 50 ms; shorter here keeps runs short
-/// while staying well above an election (10-20 ticks).
+/// The journal's write deadline is 10 s, 20 election timeouts; shorter here keeps runs short
+/// while staying well above an election (11-17 ticks).
 const CLIENT_TIMEOUT: u64 = 250;
 /// Rounds one replica may run in one step (the driver loops at once while `has_pending`).
 const ROUNDS_PER_STEP: usize = 3;
@@ -984,7 +987,7 @@ impl<'o> Sim<'o> {
                 group: 0,
             })
             .collect();
-        let cfg = raft_config(1, 0);
+        let cfg = raft_config(1, 0, SIM_TIMING);
         Sim {
             seed,
             opts,
@@ -1123,7 +1126,7 @@ impl<'o> Sim<'o> {
             d.log.hs.commit = d.log.hs.commit.max(d.state.applied_index);
             (d.state.applied_index, d.log.first - 1, shadow_of(&d.state))
         };
-        let cfg = raft_config(id, applied);
+        let cfg = raft_config(id, applied, SIM_TIMING);
         cfg.validate().map_err(|e| format!("raft config: {e}"))?;
         let mut node = RawNode::new(&cfg, SimStorage(disk), &self.logger)
             .map_err(|e| format!("replica {id}: restart failed: {e}"))?;

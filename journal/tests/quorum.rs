@@ -198,3 +198,87 @@ fn removing_the_leader_hands_over_leadership() {
     c.wait_settled(secs(30));
     check_replicas(&c, &stay, &lock(&log), "leader removed");
 }
+
+/// `[journal.raft] election_tick` is what the journals use: with 300 ticks the survivors of a
+/// killed leader wait at least 3.3 s without a leader before one campaigns. (Ticks never run
+/// ahead of their schedule, and catching up late ones shortens a timeout by at most 100 ms, so
+/// the bound holds on a loaded machine; the default, 50 ticks, elects within a second.)
+#[test]
+fn the_configured_election_timeout_holds_elections_back() {
+    let mut c = Cluster::start("election-tick", 3, Opts { election_tick: Some(300), ..Default::default() });
+    let log: Mutex<LoadLog> = Mutex::default();
+    for i in 0..5 {
+        c.append_via(1 + i % 3, &log, &format!("before-{i}")).unwrap();
+    }
+    let old = c.wait_leader(secs(30));
+    c.kill9(old);
+    let killed = Instant::now();
+    let new = loop {
+        if let Some(l) = c.leader().filter(|l| *l != old) {
+            break l;
+        }
+        assert!(killed.elapsed() < secs(30), "no new leader 30 s after killing leader {old}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = killed.elapsed();
+    c.say(&format!("killed leader {old}; {new} leads after {} ms", took.as_millis()));
+    // The followers heard the leader at most a heartbeat (100 ms) before the kill.
+    assert!(
+        took >= Duration::from_millis(2_500),
+        "a new leader {} ms after the kill, with a 3 s election timeout",
+        took.as_millis()
+    );
+    let survivor = [1, 2, 3].into_iter().find(|i| *i != old).unwrap();
+    c.append_via(survivor, &log, "after").unwrap();
+    c.wait_settled(secs(30));
+    check_replicas(&c, &c.live(), &lock(&log), "election timeout");
+}
+
+/// A follower's idle link to another follower notices that peer's death by itself, without
+/// writing into it. Raft links are one-way: before, a follower learned that a peer had died
+/// (and restarted) only when its first message after the restart, typically the answer to a
+/// pre-vote, vanished into the dead socket, and a failover then took a second election
+/// timeout. The link's failure shows as `pact_journal_raft_peer_errors_total`.
+#[test]
+fn an_idle_link_notices_its_peer_die() {
+    let mut c = Cluster::start("idle-link", 3, Opts::default());
+    let log: Mutex<LoadLog> = Mutex::default();
+    for i in 0..5 {
+        c.append_via(1 + i % 3, &log, &format!("before-{i}")).unwrap();
+    }
+    // The old leader dialed both others; once stopped, replaced and continued, it is a
+    // follower with an open link to the other follower, which nothing writes on.
+    let old = c.wait_leader(secs(30));
+    c.freeze(old);
+    let new = c.wait_new_leader(old, secs(30));
+    c.thaw(old);
+    c.wait_settled(secs(30));
+    let other = [1, 2, 3].into_iter().find(|i| *i != old && *i != new).unwrap();
+    let before = metric(&c, old, "pact_journal_raft_peer_errors_total");
+    c.say(&format!("{new} leads; follower {old} has {before} peer errors; killing follower {other}"));
+    c.kill9(other);
+    let noticed = Instant::now();
+    cluster::wait_for(&format!("journal {old} to notice that {other} died"), secs(10), || {
+        (metric(&c, old, "pact_journal_raft_peer_errors_total") > before).then_some(())
+    });
+    c.say(&format!("{old} noticed after {} ms", noticed.elapsed().as_millis()));
+    assert_eq!(c.leader(), Some(new), "a follower's death moved the leadership");
+    c.start_node(other);
+    c.append_via(old, &log, "after").unwrap();
+    c.wait_settled(secs(30));
+    check_replicas(&c, &c.live(), &lock(&log), "idle link");
+}
+
+/// One value from journal `id`'s /metrics.
+fn metric(c: &Cluster, id: u64, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", c.nodes[&id].metrics_port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+}

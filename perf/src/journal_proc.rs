@@ -13,6 +13,12 @@ pub struct JournalProc {
     pub tls: Arc<rustls::ClientConfig>,
 }
 
+/// The benchmark journals' log level: `PACT_LOG` when set (info shows raft-rs's elections),
+/// else warn, so that logging stays out of the figures.
+pub fn journal_log_level() -> String {
+    std::env::var("PACT_LOG").unwrap_or_else(|_| "warn".to_string())
+}
+
 pub fn default_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     exe.parent().map(|d| d.join("pact-journal")).unwrap_or_else(|| PathBuf::from("pact-journal"))
@@ -45,7 +51,7 @@ impl JournalProc {
             .arg(&endpoint)
             .arg("--metrics-listen")
             .arg(format!("127.0.0.1:{metrics}"))
-            .env("PACT_LOG", "warn")
+            .env("PACT_LOG", journal_log_level())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
         if let Some(c) = cores {

@@ -47,7 +47,9 @@ BENCHMARKS:
                       --dir DIR (data and results, default ./perf/results)
                       --json FILE (default DIR/commit.json)
                       --baseline etcd|none (default etcd when `etcd` is on PATH)
-             Needs openssl on PATH with --nodes 3 (the run's cluster CA).
+             Needs openssl on PATH with --nodes 3 (the run's cluster CA). The journals log
+             at warn into DIR/*.log; PACT_LOG=debug (set for pact-perf) is handed on to them
+             and shows raft-rs's elections.
   enroll     N nodes registered (BatchRegisterNodes), then each enrolls as an agent does (a new
              TLS connection, no credentials, its hardware identity and a CSR made beforehand),
              C at a time, against one --dev journal whose enrollment rate limit is raised out

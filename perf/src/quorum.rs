@@ -222,7 +222,7 @@ impl Quorum {
             .env("PACT_OIDC_HMAC_SECRET", &self.secret)
             .env("PACT_OIDC_ISSUER", ISSUER)
             .env("PACT_OIDC_AUDIENCE", AUDIENCE)
-            .env("PACT_LOG", "warn")
+            .env("PACT_LOG", crate::journal_proc::journal_log_level())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));

@@ -383,6 +383,8 @@ pub struct Opts {
     pub snapshot_interval: Option<u64>,
     /// `--cores` for every journal (the journal's default, all online CPUs, when None).
     pub cores: Option<usize>,
+    /// `[journal.raft] election_tick` (the journal's default when None).
+    pub election_tick: Option<usize>,
 }
 
 pub struct Cluster {
@@ -514,6 +516,9 @@ impl Cluster {
         let mut toml = format!("[journal.raft]\nmembers = [{}]\n", members.join(", "));
         if let Some(n) = self.opts.snapshot_interval {
             toml.push_str(&format!("snapshot_interval = {n}\n"));
+        }
+        if let Some(n) = self.opts.election_tick {
+            toml.push_str(&format!("election_tick = {n}\n"));
         }
         let peers: Vec<String> =
             listed.iter().map(|i| format!("{i}=127.0.0.1:{}", self.nodes[i].client_port)).collect();
