@@ -346,6 +346,12 @@ pub struct RaftConfig {
     pub heartbeat_tick: usize,
 }
 
+impl RaftConfig {
+    pub fn timing(&self) -> Timing {
+        Timing { election_tick: self.election_tick, heartbeat_tick: self.heartbeat_tick }
+    }
+}
+
 /// `[journal.streaming]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamingConfig {
@@ -820,18 +826,18 @@ fn read_file(
             // A leader must heartbeat within every election timeout, or followers depose it.
             let (e, h) = (cfg.raft.election_tick, cfg.raft.heartbeat_tick);
             if e <= h {
-                let (key, msg) = match (election, heartbeat) {
-                    (Some(_), Some(_)) | (Some(_), None) => (
+                // Blame the key that was given; with both given, election_tick.
+                let (key, msg) = if election.is_some() {
+                    let default = if heartbeat.is_none() { ", the default" } else { "" };
+                    (
                         "election_tick",
-                        format!(
-                            "must be greater than journal.raft.heartbeat_tick ({h}{}), found {e}",
-                            if heartbeat.is_none() { ", the default" } else { "" }
-                        ),
-                    ),
-                    _ => (
+                        format!("must be greater than journal.raft.heartbeat_tick ({h}{default}), found {e}"),
+                    )
+                } else {
+                    (
                         "heartbeat_tick",
                         format!("must be less than journal.raft.election_tick ({e}, the default), found {h}"),
-                    ),
+                    )
                 };
                 return Err(r.require(key)?.error(msg));
             }

@@ -137,10 +137,7 @@ fn main() -> ExitCode {
         match cluster::resolve(&cfg) {
             Ok(c) => {
                 let _ = writeln!(text, "  raft port listens on {}", c.raft_listen);
-                let timing = raft_driver::Timing {
-                    election_tick: cfg.raft.election_tick,
-                    heartbeat_tick: cfg.raft.heartbeat_tick,
-                };
+                let timing = cfg.raft.timing();
                 let tick_ms = raft_driver::TICK.as_millis() as usize;
                 let _ = writeln!(
                     text,
@@ -464,7 +461,7 @@ fn run(cfg: config::JournalConfig, policy: Option<PolicyEngine>) -> Result<(), (
         snapshot_interval: cfg.raft.snapshot_interval,
         configured_peers: cluster.all.iter().map(|m| (m.id, m.raft_addr.clone())).collect(),
         invite,
-        timing: raft_driver::Timing { election_tick: cfg.raft.election_tick, heartbeat_tick: cfg.raft.heartbeat_tick },
+        timing: cfg.raft.timing(),
     };
     let mut raft_side = Some((prop_rx, res_tx, peer_server_tls, peer_client_tls, driver_cfg, log_files));
     let raft_listen = cluster.raft_listen;

@@ -163,9 +163,7 @@ fn three_journals_keep_every_acknowledged_append_through_faults() {
 fn removing_the_leader_hands_over_leadership() {
     let mut c = Cluster::start("remove-leader", 4, Opts::default());
     let log: Mutex<LoadLog> = Mutex::default();
-    for i in 0..20 {
-        c.append_via(1 + i % 4, &log, &format!("before-{i}")).unwrap();
-    }
+    append_before(&c, &log, 20);
     let l = c.wait_leader(secs(10));
     let stay: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|i| *i != l).collect();
     c.remove(stay[0], l);
@@ -207,9 +205,7 @@ fn removing_the_leader_hands_over_leadership() {
 fn the_configured_election_timeout_holds_elections_back() {
     let mut c = Cluster::start("election-tick", 3, Opts { election_tick: Some(300), ..Default::default() });
     let log: Mutex<LoadLog> = Mutex::default();
-    for i in 0..5 {
-        c.append_via(1 + i % 3, &log, &format!("before-{i}")).unwrap();
-    }
+    append_before(&c, &log, 5);
     let old = c.wait_leader(secs(30));
     c.kill9(old);
     let killed = Instant::now();
@@ -243,9 +239,7 @@ fn the_configured_election_timeout_holds_elections_back() {
 fn an_idle_link_notices_its_peer_die() {
     let mut c = Cluster::start("idle-link", 3, Opts::default());
     let log: Mutex<LoadLog> = Mutex::default();
-    for i in 0..5 {
-        c.append_via(1 + i % 3, &log, &format!("before-{i}")).unwrap();
-    }
+    append_before(&c, &log, 5);
     // The old leader dialed both others; once stopped, replaced and continued, it is a
     // follower with an open link to the other follower, which nothing writes on.
     let old = c.wait_leader(secs(30));
@@ -254,12 +248,12 @@ fn an_idle_link_notices_its_peer_die() {
     c.thaw(old);
     c.wait_settled(secs(30));
     let other = [1, 2, 3].into_iter().find(|i| *i != old && *i != new).unwrap();
-    let before = metric(&c, old, "pact_journal_raft_peer_errors_total");
+    let before = c.metric(old, "pact_journal_raft_peer_errors_total");
     c.say(&format!("{new} leads; follower {old} has {before} peer errors; killing follower {other}"));
     c.kill9(other);
     let noticed = Instant::now();
     cluster::wait_for(&format!("journal {old} to notice that {other} died"), secs(10), || {
-        (metric(&c, old, "pact_journal_raft_peer_errors_total") > before).then_some(())
+        (c.metric(old, "pact_journal_raft_peer_errors_total") > before).then_some(())
     });
     c.say(&format!("{old} noticed after {} ms", noticed.elapsed().as_millis()));
     assert_eq!(c.leader(), Some(new), "a follower's death moved the leadership");
@@ -269,16 +263,10 @@ fn an_idle_link_notices_its_peer_die() {
     check_replicas(&c, &c.live(), &lock(&log), "idle link");
 }
 
-/// One value from journal `id`'s /metrics.
-fn metric(c: &Cluster, id: u64, name: &str) -> u64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", c.nodes[&id].metrics_port)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+/// `count` appends labelled before-N, spread round-robin over the running journals.
+fn append_before(c: &Cluster, log: &Mutex<LoadLog>, count: usize) {
+    let ids = c.live();
+    for i in 0..count {
+        c.append_via(ids[i % ids.len()], log, &format!("before-{i}")).unwrap();
+    }
 }

@@ -706,6 +706,19 @@ impl Cluster {
         c.call(Method::JournalStatus, &JournalStatusRequest {}).map_err(|e| e.to_string())
     }
 
+    /// One value from journal `id`'s /metrics.
+    pub fn metric(&self, id: u64, name: &str) -> u64 {
+        let mut s = TcpStream::connect(("127.0.0.1", self.nodes[&id].metrics_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} from journal {id}: {text}"))
+    }
+
     /// Whether the harness runs journal `id` and has not stopped it.
     pub fn is_up(&self, id: u64) -> bool {
         self.nodes.get(&id).map(|n| n.running() && !n.frozen).unwrap_or(false)
